@@ -1,0 +1,3 @@
+from mailnode.cli import main
+
+main()

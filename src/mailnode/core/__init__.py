@@ -1,0 +1,1 @@
+"""Pure logic: plain functions over plain values, no I/O, no event loop."""
