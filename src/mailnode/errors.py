@@ -25,6 +25,15 @@ class ConflictError(MailnodeError):
     """A write that contradicts what is stored (write-once fields, blob ranges)."""
 
 
+class BlobRangeError(ConflictError):
+    """An upload chunk that does not continue the stored bytes (HTTP 416)."""
+
+    def __init__(self, message: str, stored_length: int, total_length: int | None) -> None:
+        super().__init__(message)
+        self.stored_length = stored_length
+        self.total_length = total_length
+
+
 class DeliveryError(MailnodeError):
     """A delivery step failed with an SMTP-shaped answer."""
 

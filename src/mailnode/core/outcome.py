@@ -78,7 +78,7 @@ def check_transition(old: Status, new: Status) -> None:
         raise ValueError(f"delivery cannot go from {old.value} to {new.value}")
 
 
-class FinalReason(str, enum.Enum):
+class FinalReason(enum.StrEnum):
     """Why mailnode is done with a delivery (the Koukan `final_attempt_reason` strings)."""
 
     SUCCESS = "upstream response success"

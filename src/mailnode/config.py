@@ -1,0 +1,304 @@
+"""Configuration: one TOML file, validated into frozen dataclasses before anything starts.
+
+The dataclasses below are the schema. `load_config` walks them against the parsed TOML and
+refuses unknown keys, wrong types and bad values with `key.path: reason`. With no file,
+`Config()` is the embedded developer default: SQLite under ./mailnode-data, HTTP on
+127.0.0.1:8025 and delivery to the local capture store, so nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mailnode.core.retry import RetryPolicy
+from mailnode.errors import ConfigError
+
+DEFAULT_DB_URL = "sqlite+aiosqlite:///./mailnode-data/mailnode.db"
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    """A `host:port` listen or connect address (IPv6 as `[::1]:25`)."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> HostPort:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"expected host:port, got {text!r}")
+        host = host.removeprefix("[").removesuffix("]")
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise ValueError(f"port must be a number, got {port_text!r}") from None
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port {port} is out of range 0-65535")
+        return cls(host, port)
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+def _at_least_one(value: float) -> str | None:
+    return None if value >= 1 else "must be at least 1"
+
+
+def _check(fn: typing.Callable[[Any], str | None]) -> dict[str, Any]:
+    return {"check": fn}
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    url: str = DEFAULT_DB_URL
+    # Finished transactions (and their blobs) are deleted this long after they finished.
+    gc_ttl_seconds: float = field(default=7 * 86400.0, metadata=_check(_positive))
+    gc_interval_seconds: float = field(default=300.0, metadata=_check(_positive))
+    # A transaction whose body never arrives ends as "downstream timeout" after this long.
+    body_timeout_seconds: float = field(default=3600.0, metadata=_check(_positive))
+    # "full" survives power loss; "normal" (WAL) survives a crash of the process only.
+    sqlite_synchronous: Literal["full", "normal"] = "full"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    listen: HostPort = HostPort("127.0.0.1", 8025)
+    # The largest request body accepted (a message, an upload chunk).
+    max_body_bytes: int = field(default=64 * 1024 * 1024, metadata=_check(_positive))
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    mode: Literal["mx", "smarthost", "capture"] = "capture"
+    smarthost: HostPort | None = None
+    smarthost_username: str | None = None
+    smarthost_password: str | None = None
+    # The SMTP port of MX hosts: 25 on the Internet; tests point it at a loopback sink.
+    port: int = field(default=25, metadata=_check(lambda p: None if 0 < p < 65536 else "1-65535"))
+    concurrency: int = field(default=64, metadata=_check(_at_least_one))
+    per_destination_concurrency: int = field(default=8, metadata=_check(_at_least_one))
+    connect_timeout_seconds: float = field(default=30.0, metadata=_check(_positive))
+    # RFC 5321 §4.5.3.2 suggests 5 min per command and 10 min for the end-of-data reply.
+    command_timeout_seconds: float = field(default=300.0, metadata=_check(_positive))
+    starttls: Literal["opportunistic", "required", "off"] = "opportunistic"
+    # A claimed delivery belongs to its process for this long; renewed while it runs.
+    lease_seconds: float = field(default=60.0, metadata=_check(_positive))
+    poll_interval_seconds: float = field(default=1.0, metadata=_check(_positive))
+    max_message_bytes: int = field(default=50 * 1024 * 1024, metadata=_check(_positive))
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConfig:
+    # Empty: the system resolver. Entries are "ip" or "ip:port" (tests use a loopback server).
+    nameservers: tuple[HostPort, ...] = ()
+    timeout_seconds: float = field(default=5.0, metadata=_check(_positive))
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    initial_delay_seconds: float = field(default=60.0, metadata=_check(_non_negative))
+    backoff_factor: float = field(default=2.0, metadata=_check(_at_least_one))
+    max_delay_seconds: float = field(default=3600.0, metadata=_check(_non_negative))
+    max_attempts: int = field(default=30, metadata=_check(_at_least_one))
+    deadline_seconds: float = field(default=5 * 86400.0, metadata=_check(_non_negative))
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            initial_delay=self.initial_delay_seconds,
+            backoff_factor=self.backoff_factor,
+            max_delay=self.max_delay_seconds,
+            max_attempts=self.max_attempts,
+            deadline=self.deadline_seconds,
+        )
+
+
+FILTERS = ("received_header", "validation", "dkim", "router")
+
+
+def _known_filters(value: tuple[str, ...]) -> str | None:
+    unknown = [name for name in value if name not in FILTERS]
+    if unknown:
+        return f"unknown filter {unknown[0]!r}; known filters: {', '.join(FILTERS)}"
+    if "router" in value and value[-1] != "router":
+        return "'router' must be the last filter"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class SenderConfig:
+    """A sender profile: the filter chain, whether to retry and whether to bounce."""
+
+    filters: tuple[str, ...] = field(default=FILTERS, metadata=_check(_known_filters))
+    retry: bool = True
+    bounce: bool = True
+    # Add Message-ID and Date when the message lacks them (validation filter).
+    add_missing_headers: bool = True
+    # Overrides [retry] for this profile.
+    retry_policy: RetryConfig | None = None
+
+
+def _default_senders() -> dict[str, SenderConfig]:
+    return {
+        "api": SenderConfig(),
+        "submission": SenderConfig(),
+        "ingress": SenderConfig(filters=("received_header", "router"), bounce=True),
+        # DSNs: retried, never bounced (RFC 3464 §2: no DSN about a DSN).
+        "bounce": SenderConfig(filters=("router",), bounce=False, add_missing_headers=False),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class DkimConfig:
+    selector: str
+    key_file: str
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    # The name this server gives itself in Received headers, DSNs and EHLO.
+    hostname: str = "localhost"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    storage: StorageConfig = StorageConfig()
+    http: HttpConfig = HttpConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    dns: DnsConfig = DnsConfig()
+    retry: RetryConfig = RetryConfig()
+    senders: Mapping[str, SenderConfig] = field(default_factory=_default_senders)
+    dkim: Mapping[str, DkimConfig] = field(default_factory=dict)
+
+    def sender(self, name: str) -> SenderConfig | None:
+        return self.senders.get(name)
+
+    def retry_policy(self, sender: str) -> RetryPolicy | None:
+        """The retry policy for a sender profile, or None when it does not retry."""
+        profile = self.senders.get(sender)
+        if profile is None or not profile.retry:
+            return None
+        return (profile.retry_policy or self.retry).policy()
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate a TOML file; None gives the embedded developer default."""
+    if path is None:
+        return Config()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return config_from_dict(data)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """Validate already-parsed TOML (also used by tests to build configs)."""
+    config: Config = _build(Config, data, "")
+    _check_cross_fields(config)
+    return config
+
+
+def _check_cross_fields(config: Config) -> None:
+    delivery = config.delivery
+    if delivery.mode == "smarthost" and delivery.smarthost is None:
+        raise ConfigError('delivery.smarthost: required when delivery.mode = "smarthost"')
+    if "bounce" not in config.senders:
+        raise ConfigError("senders.bounce: the profile used for DSNs must exist")
+    for domain, dkim in config.dkim.items():
+        if not Path(dkim.key_file).is_file():
+            raise ConfigError(f"dkim.{domain}.key_file: no such file: {dkim.key_file}")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _build(cls: type[Any], data: Any, path: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path or '(top level)'}: expected a table, got {_kind(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        known = ", ".join(sorted(fields))
+        raise ConfigError(f"{_join(path, unknown[0])}: unknown key (known keys: {known})")
+    values = {}
+    for name, value in data.items():
+        key_path = _join(path, name)
+        values[name] = _convert(hints[name], value, key_path)
+        problem = fields[name].metadata.get("check", lambda _: None)(values[name])
+        if problem:
+            raise ConfigError(f"{key_path}: {problem}")
+    if cls is Config and "senders" in values:
+        values["senders"] = {**_default_senders(), **values["senders"]}
+    try:
+        return cls(**values)
+    except TypeError as exc:  # a required key is missing
+        raise ConfigError(f"{path or '(top level)'}: {exc}") from None
+
+
+def _convert(hint: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):  # X | None: TOML has no null, so X
+        return _convert(next(a for a in args if a is not type(None)), value, path)
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"{path}: must be one of {choices}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {_kind(value)}")
+        return tuple(_convert(args[0], item, f"{path}[{i}]") for i, item in enumerate(value))
+    if origin in (Mapping, dict):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a table, got {_kind(value)}")
+        return {key: _convert(args[1], item, _join(path, key)) for key, item in value.items()}
+    if hint is HostPort:
+        try:
+            return HostPort.parse(_expect(str, value, path))
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return _build(hint, value, path)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return _expect(hint, value, path)
+
+
+def _expect(kind: type[Any], value: Any, path: str) -> Any:
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{path}: expected {kind.__name__}, got {_kind(value)}")
+    return value
+
+
+def _kind(value: Any) -> str:
+    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
+    names.update({list: "a list", dict: "a table"})
+    return names.get(type(value), type(value).__name__)

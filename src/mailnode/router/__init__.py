@@ -1,0 +1,1 @@
+"""Driving deliveries: version cache, output handler, filter chain, endpoints."""

@@ -1,0 +1,199 @@
+"""The filter chain: each step sees a delivery's message on its way to the endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import dkim
+
+from mailnode.config import Config
+from mailnode.core.headers import (
+    MessageCheck,
+    check_message,
+    missing_headers,
+    prepend_headers,
+    received_header,
+)
+from mailnode.core.outcome import Stage
+from mailnode.core.response import Response
+from mailnode.core.transaction import TransactionRecord
+from mailnode.errors import PermanentDeliveryError, TransientDeliveryError
+from mailnode.router.endpoints import Endpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class DeliveryContext:
+    """One attempt of one delivery as it passes the chain."""
+
+    record: TransactionRecord
+    message: bytes
+    endpoint: Endpoint | None = None
+    check: MessageCheck | None = field(default=None)
+
+    def message_check(self) -> MessageCheck:
+        if self.check is None:
+            self.check = check_message(self.message, require_date=False)
+        return self.check
+
+
+class Filter(Protocol):
+    async def __call__(self, delivery: DeliveryContext) -> None: ...
+
+
+def _utc(timestamp: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+
+
+class ReceivedHeaderFilter:
+    """Prepends this hop's Received trace header (RFC 5321 §4.4)."""
+
+    def __init__(self, hostname: str) -> None:
+        self._hostname = hostname
+
+    async def __call__(self, delivery: DeliveryContext) -> None:
+        record = delivery.record
+        header = received_header(
+            from_host=None,
+            from_ip=record.client_address,
+            by_host=self._hostname,
+            protocol=record.protocol,
+            id=record.rest_id,
+            recipient=record.rcpt_to,
+            when=_utc(record.created_at),
+        )
+        delivery.message = prepend_headers(delivery.message, [header])
+        delivery.check = None
+
+
+class ValidationFilter:
+    """Refuses messages without a usable header section; adds Message-ID and Date if asked."""
+
+    def __init__(self, hostname: str, *, add_missing_headers: bool) -> None:
+        self._hostname = hostname
+        self._add_missing = add_missing_headers
+
+    async def __call__(self, delivery: DeliveryContext) -> None:
+        check = delivery.message_check()
+        if check.problems:
+            reason = "; ".join(check.problems)
+            raise PermanentDeliveryError(Response(550, f"5.6.0 message rejected: {reason}"), Stage.DATA.value)
+        if not self._add_missing:
+            return
+        # The Message-ID derives from the transaction id, so every retry carries the same one.
+        record = delivery.record
+        added = missing_headers(
+            check, when=_utc(record.created_at), message_id=f"{record.rest_id}@{self._hostname}"
+        )
+        if added:
+            delivery.message = prepend_headers(delivery.message, added)
+            delivery.check = None
+
+
+@dataclass(frozen=True, slots=True)
+class DkimKey:
+    domain: str
+    selector: str
+    private_key: bytes  # PEM
+
+
+# Headers signed when present (RFC 6376 §5.4.1 recommends From, Subject, Date, To, Cc, ...).
+SIGNED_HEADERS = (
+    b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"mime-version",
+    b"content-type", b"content-transfer-encoding", b"reply-to", b"in-reply-to", b"references",
+    b"list-unsubscribe", b"list-unsubscribe-post",
+)  # fmt: skip
+
+
+class DkimFilter:
+    """Signs with the key of the From domain (or a parent domain), when there is one."""
+
+    def __init__(self, keys: Mapping[str, DkimKey]) -> None:
+        self._keys = dict(keys)
+
+    def key_for(self, domain: str | None) -> DkimKey | None:
+        while domain:
+            if domain in self._keys:
+                return self._keys[domain]
+            domain = domain.partition(".")[2] if "." in domain else None
+        return None
+
+    async def __call__(self, delivery: DeliveryContext) -> None:
+        key = self.key_for(delivery.message_check().from_domain)
+        if key is None:
+            return
+        present = {line.split(b":", 1)[0].strip().lower() for line in _header_names(delivery.message)}
+        include = [h for h in SIGNED_HEADERS if h in present]
+        # RSA signing is CPU work; keep it off the event loop.
+        signature = await asyncio.to_thread(_sign, delivery.message, key, include)
+        delivery.message = signature + delivery.message
+
+
+def _header_names(message: bytes) -> list[bytes]:
+    head = message.split(b"\r\n\r\n", 1)[0] if b"\r\n\r\n" in message else message.split(b"\n\n", 1)[0]
+    return [line for line in head.splitlines() if line and line[:1] not in (b" ", b"\t")]
+
+
+def _sign(message: bytes, key: DkimKey, include: Sequence[bytes]) -> bytes:
+    try:
+        return bytes(
+            dkim.sign(
+                message,
+                key.selector.encode(),
+                key.domain.encode(),
+                key.private_key,
+                canonicalize=(b"relaxed", b"relaxed"),
+                include_headers=list(include),
+            )
+        )
+    except dkim.DKIMException as exc:
+        raise TransientDeliveryError(Response(451, f"4.3.0 DKIM signing failed: {exc}"), "data") from exc
+
+
+class RouterFilter:
+    """Picks the endpoint (for now the one `[delivery] mode` names)."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self._endpoint = endpoint
+
+    async def __call__(self, delivery: DeliveryContext) -> None:
+        delivery.endpoint = self._endpoint
+
+
+def load_dkim_keys(config: Config) -> dict[str, DkimKey]:
+    """Read the `[dkim.<domain>]` private keys named in the config."""
+    return {
+        domain.lower(): DkimKey(domain.lower(), entry.selector, Path(entry.key_file).read_bytes())
+        for domain, entry in config.dkim.items()
+    }
+
+
+FilterFactory = Callable[[], Filter]
+
+
+def build_chains(
+    config: Config, endpoint: Endpoint, dkim_keys: Mapping[str, DkimKey]
+) -> dict[str, list[Filter]]:
+    """One filter chain per sender profile, in the order the profile lists them."""
+    chains: dict[str, list[Filter]] = {}
+    for name, profile in config.senders.items():
+        factories: dict[str, FilterFactory] = {
+            "received_header": lambda: ReceivedHeaderFilter(config.hostname),
+            "validation": lambda p=profile: ValidationFilter(  # type: ignore[misc]
+                config.hostname, add_missing_headers=p.add_missing_headers
+            ),
+            "dkim": lambda: DkimFilter(dkim_keys),
+            "router": lambda: RouterFilter(endpoint),
+        }
+        chain = [factories[filter_name]() for filter_name in profile.filters]
+        if "router" not in profile.filters:
+            chain.append(RouterFilter(endpoint))
+        chains[name] = chain
+    return chains

@@ -1,0 +1,282 @@
+"""The output handler: claims due deliveries, drives each through its chain, records the outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import functools
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+from mailnode.core.dsn import FailedDelivery, build_dsn
+from mailnode.core.headers import header_block
+from mailnode.core.message_builder import SpecError, build_message, parse_spec
+from mailnode.core.outcome import AttemptResult, Decision, Stage, decide
+from mailnode.core.response import Response, permanent
+from mailnode.core.retry import RetryPolicy
+from mailnode.core.transaction import BODY, InlineBlob, NewTransaction, TransactionRecord
+from mailnode.errors import DeliveryError, StorageError
+from mailnode.router.filters import DeliveryContext, Filter
+from mailnode.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSettings:
+    session_id: str
+    concurrency: int
+    per_destination_concurrency: int
+    lease_seconds: float
+    poll_interval: float
+    hostname: str
+    postmaster: str
+
+
+class OutputHandler:
+    """Owns every running delivery attempt of this process."""
+
+    def __init__(
+        self,
+        store: Store,
+        chains: Mapping[str, Sequence[Filter]],
+        retry_policy: Callable[[str], RetryPolicy | None],
+        settings: OutputSettings,
+        *,
+        new_message_id: Callable[[], str],
+    ) -> None:
+        self._store = store
+        self._chains = chains
+        self._retry_policy = retry_policy
+        self._settings = settings
+        self._new_message_id = new_message_id
+        self._wake = asyncio.Event()
+        self._running: dict[int, asyncio.Task[None]] = {}
+        self._destinations: dict[str, asyncio.Semaphore] = {}
+        self._stopping = asyncio.Event()
+
+    # Store listener interface --------------------------------------------------------------
+
+    def changed(self, rest_id: str, version: int) -> None:
+        """Version changes matter to the version cache, not here."""
+
+    def queued(self) -> None:
+        self._wake.set()
+
+    # Lifecycle --------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    async def run(self) -> None:
+        """Claim and start due deliveries until stop() is called."""
+        renewer = asyncio.create_task(self._renew_leases(), name="lease-renewal")
+        try:
+            while not self._stopping.is_set():
+                await self._claim_and_start()
+                await self._sleep_until_work()
+        finally:
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming; let running attempts finish for `grace` seconds, then cancel them."""
+        self._stopping.set()
+        self._wake.set()
+        running = list(self._running.values())
+        if not running:
+            return
+        _done, pending = await asyncio.wait(running, timeout=grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _claim_and_start(self) -> None:
+        free = self._settings.concurrency - len(self._running)
+        while free > 0 and not self._stopping.is_set():
+            try:
+                claimed = await self._store.claim_due(
+                    self._settings.session_id,
+                    limit=free,
+                    lease_seconds=self._settings.lease_seconds,
+                )
+            except StorageError:
+                log.exception("claiming due deliveries failed; trying again later")
+                return
+            for record in claimed:
+                task = asyncio.create_task(self._attempt(record), name=f"delivery-{record.rest_id}")
+                self._running[record.id] = task
+                task.add_done_callback(functools.partial(self._finished, record.id))
+            if len(claimed) < free:
+                return
+            free = self._settings.concurrency - len(self._running)
+
+    def _finished(self, tx_id: int, _task: asyncio.Task[None]) -> None:
+        self._running.pop(tx_id, None)
+        self._wake.set()  # a slot is free again
+
+    async def _sleep_until_work(self) -> None:
+        timeout = self._settings.poll_interval
+        if len(self._running) < self._settings.concurrency:
+            try:
+                due = await self._store.next_due_at()
+            except StorageError:
+                due = None
+            if due is not None:
+                timeout = min(timeout, max(due - self._store.clock(), 0.0))
+        if timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+        self._wake.clear()
+
+    async def _renew_leases(self) -> None:
+        interval = self._settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._store.renew_leases(
+                    self._settings.session_id, list(self._running), self._settings.lease_seconds
+                )
+            except StorageError:
+                log.exception("lease renewal failed")
+
+    # One attempt --------------------------------------------------------------------------
+
+    async def _attempt(self, record: TransactionRecord) -> None:
+        log.info(
+            "attempt start tx=%s attempt=%d sender=%s",
+            record.rest_id,
+            record.attempt_count,
+            record.sender,
+        )
+        result, message = await self._run_chain(record)
+        retry = self._retry_policy(record.sender) if record.retry else None
+        now = self._store.clock()
+        decision = decide(
+            result,
+            retry=retry,
+            bounce_enabled=record.bounce,
+            attempts_made=record.attempt_count,
+            created_at=record.created_at,
+            now=now,
+        )
+        dsn = self._dsn(record, result, decision, message, now) if decision.bounce else None
+        try:
+            await self._store.finish_attempt(record, self._settings.session_id, result, decision, dsn)
+        except StorageError:
+            # The lease runs out and the delivery is attempted again: nothing is lost.
+            log.exception("recording the attempt failed tx=%s", record.rest_id)
+            return
+        stage, response = result.decisive
+        log.info(
+            "attempt done tx=%s attempt=%d status=%s stage=%s code=%d final=%s",
+            record.rest_id,
+            record.attempt_count,
+            decision.status.value,
+            stage.value,
+            response.code,
+            decision.final_reason.value if decision.final_reason else "-",
+        )
+
+    async def _run_chain(self, record: TransactionRecord) -> tuple[AttemptResult, bytes | None]:
+        message: bytes | None = None
+        try:
+            message = await self._load_message(record)
+            delivery = DeliveryContext(record, message)
+            for step in self._chains[record.sender]:
+                await step(delivery)
+            if delivery.endpoint is None:
+                return AttemptResult.failed_at(
+                    Stage.RCPT, permanent("no route to this recipient", "5.4.4")
+                ), message
+            async with self._destination(delivery.endpoint.destination(record)):
+                return await delivery.endpoint.deliver(record, delivery.message), message
+        except DeliveryError as exc:
+            return AttemptResult.failed_at(Stage(exc.stage), exc.response), message
+        except SpecError as exc:
+            return AttemptResult.failed_at(Stage.DATA, permanent(f"message builder: {exc}", "5.6.0")), message
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug fails loudly in the log, and the delivery is retried like any 4xx.
+            log.exception("attempt failed with an internal error tx=%s", record.rest_id)
+            return AttemptResult.failed_at(Stage.MAIL, _INTERNAL_ERROR), message
+
+    async def _load_message(self, record: TransactionRecord) -> bytes:
+        blobs = await self._store.read_blobs(record.id)
+        if record.message_builder is not None:
+            return build_message(parse_spec(record.message_builder), blobs)
+        return blobs[BODY]
+
+    def _destination(self, key: str) -> asyncio.Semaphore:
+        semaphore = self._destinations.get(key)
+        if semaphore is None:
+            semaphore = asyncio.Semaphore(self._settings.per_destination_concurrency)
+            self._destinations[key] = semaphore
+            if len(self._destinations) > 4 * self._settings.concurrency:
+                self._forget_idle_destinations()
+        return semaphore
+
+    def _forget_idle_destinations(self) -> None:
+        limit = self._settings.per_destination_concurrency
+        for key in [k for k, s in self._destinations.items() if s._value == limit]:
+            del self._destinations[key]
+
+    def _dsn(
+        self,
+        record: TransactionRecord,
+        result: AttemptResult,
+        decision: Decision,
+        message: bytes | None,
+        now: float,
+    ) -> NewTransaction | None:
+        # RFC 3464 §2 / RFC 5321 §4.5.5: never bounce a message from the null reverse path.
+        if not record.mail_from or decision.final_reason is None:
+            return None
+        _stage, response = result.decisive
+        headers = header_block(message) if message else b""
+        failure = FailedDelivery(
+            original_mail_from=record.mail_from,
+            recipient=record.rcpt_to,
+            response=response,
+            remote_host=result.remote_host,
+            arrival_date=_utc(record.created_at),
+            last_attempt_date=_utc(now),
+            original_headers=headers,
+            original_message_id=_message_id(headers),
+            reason=decision.final_reason.value,
+        )
+        dsn = build_dsn(
+            failure,
+            reporting_mta=self._settings.hostname,
+            postmaster=self._settings.postmaster,
+            message_id=self._new_message_id(),
+            date=_utc(now),
+        )
+        return NewTransaction(
+            sender="bounce",
+            mail_from="",
+            rcpt_to=record.mail_from,
+            retry=True,
+            bounce=False,
+            protocol="DSN",
+            blobs=(InlineBlob(BODY, dsn),),
+            parent_id=record.id,
+        )
+
+
+_INTERNAL_ERROR = Response(451, "4.3.0 internal error in mailnode; will retry")
+
+
+def _utc(timestamp: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+
+
+def _message_id(headers: bytes) -> str | None:
+    value = BytesHeaderParser(policy=compat32).parsebytes(headers + b"\r\n\r\n").get("Message-ID")
+    return str(value).strip() if value else None

@@ -1,0 +1,156 @@
+"""The composition root: builds every part from a validated config, starts and stops them in order.
+
+Start: storage → workers (output handler, housekeeping) → HTTP. Stop: the reverse, with a grace
+period in which running attempts may finish; whatever is still leased is handed back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from aiohttp import web
+
+from mailnode.api.app import create_app
+from mailnode.api.context import AppContext
+from mailnode.config import Config
+from mailnode.router.endpoints import build_endpoint
+from mailnode.router.filters import build_chains, load_dkim_keys
+from mailnode.router.output_handler import OutputHandler, OutputSettings
+from mailnode.router.version_cache import VersionCache
+from mailnode.smtp.mx import MxResolver
+from mailnode.storage.store import Clock, Store
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    """One running mailnode: storage, output handler, housekeeping and the HTTP API."""
+
+    def __init__(self, config: Config, *, clock: Clock = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.session_id = secrets.token_hex(8)
+        self.store: Store | None = None
+        self.output: OutputHandler | None = None
+        self.http_address: tuple[str, int] | None = None
+        self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def base_url(self) -> str:
+        assert self.http_address is not None, "the service is not started"
+        host, port = self.http_address
+        return f"http://{host}:{port}"
+
+    async def start(self) -> None:
+        config = self.config
+        store = await Store.open(
+            config.storage.url,
+            sqlite_synchronous=config.storage.sqlite_synchronous,
+            clock=self.clock,
+        )
+        self.store = store
+        await store.register_session(self.session_id)
+        versions = VersionCache(poll_interval=config.delivery.poll_interval_seconds)
+        store.subscribe(versions)
+        self.output = self._output_handler(store)
+        store.subscribe(self.output)
+        self._spawn(self.output.run(), "output-handler")
+        self._spawn(self._housekeeping(store), "housekeeping")
+        await self._start_http(AppContext(config, store, versions))
+        log.info("mailnode started session=%s http=%s", self.session_id, self.base_url)
+
+    def _output_handler(self, store: Store) -> OutputHandler:
+        config = self.config
+        nameservers = [(ns.host, ns.port or 53) for ns in config.dns.nameservers]
+        resolver = MxResolver(nameservers, timeout=config.dns.timeout_seconds)
+        endpoint = build_endpoint(config, store, resolver)
+        chains = build_chains(config, endpoint, load_dkim_keys(config))
+        settings = OutputSettings(
+            session_id=self.session_id,
+            concurrency=config.delivery.concurrency,
+            per_destination_concurrency=config.delivery.per_destination_concurrency,
+            lease_seconds=config.delivery.lease_seconds,
+            poll_interval=config.delivery.poll_interval_seconds,
+            hostname=config.hostname,
+            postmaster=f"postmaster@{config.hostname}",
+        )
+        return OutputHandler(
+            store,
+            chains,
+            config.retry_policy,
+            settings,
+            new_message_id=lambda: f"{secrets.token_hex(12)}@{config.hostname}",
+        )
+
+    async def _start_http(self, ctx: AppContext) -> None:
+        listen = self.config.http.listen
+        self._runner = web.AppRunner(
+            create_app(ctx), access_log=None, handle_signals=False, shutdown_timeout=5.0
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, listen.host, listen.port)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.http_address = (host, port)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s died", task.get_name(), exc_info=task.exception())
+
+    async def _housekeeping(self, store: Store) -> None:
+        storage = self.config.storage
+        interval = min(storage.gc_interval_seconds, self.config.delivery.lease_seconds / 3)
+        last_gc = 0.0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await store.heartbeat(self.session_id)
+                now = self.clock()
+                if now - last_gc >= storage.gc_interval_seconds:
+                    last_gc = now
+                    expired = await store.expire_awaiting_body(now - storage.body_timeout_seconds)
+                    removed = await store.collect_garbage(now - storage.gc_ttl_seconds)
+                    if expired or removed:
+                        log.info("housekeeping expired=%d removed=%d", expired, removed)
+            except Exception:
+                log.exception("housekeeping failed; trying again in %.0f s", interval)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting, let running attempts finish within `grace`, hand the rest back."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self.output is not None:
+            await self.output.stop(grace)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.store is not None:
+            try:
+                await self.store.end_session(self.session_id)
+            finally:
+                await self.store.close()
+                self.store = None
+        log.info("mailnode stopped session=%s", self.session_id)
+
+    async def run(self, stop: asyncio.Event, *, on_ready: Callable[[Service], None] | None = None) -> None:
+        """Start, call `on_ready`, run until `stop` is set, then stop gracefully."""
+        await self.start()
+        try:
+            if on_ready is not None:
+                on_ready(self)
+            await stop.wait()
+        finally:
+            await self.stop()

@@ -1,0 +1,1 @@
+"""SMTP adapters: the inbound server, the outbound client and MX resolution."""

@@ -1,0 +1,1 @@
+"""Durable state: tables, the engine, migrations and the Store (each write one transaction)."""

@@ -1,0 +1,54 @@
+"""Versioned schema migrations, applied at `serve` start and by `mailnode migrate`.
+
+A fresh database is created from tables.py and stamped with SCHEMA_VERSION. An existing one
+gets every migration above its version, in order. A change to tables.py therefore ships with
+a migration here that brings an older database to the same shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from sqlalchemy import Connection, func, inspect, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mailnode.errors import StorageError
+from mailnode.storage.tables import SCHEMA_VERSION, metadata, schema_migrations
+
+log = logging.getLogger(__name__)
+
+# version -> (description, upgrade step). Version 1 is the initial schema (created whole).
+MIGRATIONS: dict[int, tuple[str, Callable[[Connection], None]]] = {}
+
+
+def _current_version(connection: Connection) -> int | None:
+    if not inspect(connection).has_table("schema_migrations"):
+        return None
+    return connection.execute(select(func.max(schema_migrations.c.version))).scalar()
+
+
+def _migrate(connection: Connection) -> tuple[int | None, int]:
+    current = _current_version(connection)
+    if current is None:
+        metadata.create_all(connection)
+        connection.execute(schema_migrations.insert().values(version=SCHEMA_VERSION, applied_at=time.time()))
+        return None, SCHEMA_VERSION
+    if current > SCHEMA_VERSION:
+        raise StorageError(
+            f"the database is at schema version {current}, newer than this mailnode "
+            f"({SCHEMA_VERSION}); upgrade mailnode"
+        )
+    for version in range(current + 1, SCHEMA_VERSION + 1):
+        description, step = MIGRATIONS[version]
+        log.info("applying migration version=%d %s", version, description)
+        step(connection)
+        connection.execute(schema_migrations.insert().values(version=version, applied_at=time.time()))
+    return current, SCHEMA_VERSION
+
+
+async def migrate(engine: AsyncEngine) -> tuple[int | None, int]:
+    """Bring the schema up to date; returns (version before, version after)."""
+    async with engine.begin() as connection:
+        return await connection.run_sync(_migrate)

@@ -1,0 +1,149 @@
+"""The schema, as SQLAlchemy Core tables. Portable: nothing here is SQLite-specific."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+# Bumped by every migration; a fresh database is created at this version directly.
+SCHEMA_VERSION = 1
+
+schema_migrations = Table(
+    "schema_migrations",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied_at", Float, nullable=False),
+)
+
+# One row per running mailnode process; leases name their session.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+)
+
+# Message bytes, stored once and shared by reference (transaction_blobs rows are the refcount).
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("stored_length", Integer, nullable=False, default=0),
+    Column("total_length", Integer),  # known once the upload said how long it is
+    Column("created_at", Float, nullable=False),
+)
+
+# Appended chunks: an upload never rewrites what is already stored.
+blob_chunks = Table(
+    "blob_chunks",
+    metadata,
+    Column("blob_id", Integer, ForeignKey("blobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("offset", Integer, primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+)
+
+transactions = Table(
+    "transactions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("rest_id", String(48), nullable=False, unique=True),
+    Column("sender", String(64), nullable=False),
+    Column("mail_from", String(512), nullable=False),  # "" is the null reverse path
+    Column("rcpt_to", String(512), nullable=False),
+    Column("message_builder", JSON),  # the spec, when the body is built by mailnode
+    Column("status", String(16), nullable=False),
+    Column("version", Integer, nullable=False, default=1),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("next_attempt_at", Float),
+    Column("attempt_count", Integer, nullable=False, default=0),
+    Column("lease_owner", String(32)),
+    Column("lease_expires_at", Float),
+    Column("final_attempt_reason", String(128)),
+    Column("finished_at", Float),
+    Column("retry", Boolean, nullable=False),
+    Column("bounce", Boolean, nullable=False),
+    Column("cancelled", Boolean, nullable=False, default=False),
+    Column("client_address", String(64)),
+    Column("protocol", String(16), nullable=False),
+    Column("api_key_id", Integer),
+    # A DSN points at the transaction it reports on.
+    Column("parent_id", Integer, ForeignKey("transactions.id", ondelete="SET NULL")),
+)
+Index("ix_transactions_due", transactions.c.status, transactions.c.next_attempt_at)
+Index("ix_transactions_finished", transactions.c.finished_at)
+
+transaction_blobs = Table(
+    "transaction_blobs",
+    metadata,
+    Column(
+        "transaction_id",
+        Integer,
+        ForeignKey("transactions.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("name", String(128), primary_key=True),  # "body", or a message-builder blob id
+    Column("blob_id", Integer, ForeignKey("blobs.id"), nullable=False, index=True),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column(
+        "transaction_id",
+        Integer,
+        ForeignKey("transactions.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("number", Integer, primary_key=True),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float),
+    Column("mail_code", Integer),
+    Column("mail_message", Text),
+    Column("rcpt_code", Integer),
+    Column("rcpt_message", Text),
+    Column("data_code", Integer),
+    Column("data_message", Text),
+    Column("remote_host", String(256)),
+)
+
+# Messages kept by the capture endpoint for developers to look at; they outlive GC of the
+# transaction that produced them.
+captures = Table(
+    "captures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("transaction_rest_id", String(48), nullable=False, index=True),
+    Column("mail_from", String(512), nullable=False),
+    Column("rcpt_to", String(512), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("message", LargeBinary, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False),
+    Column("domain", String(253)),
+    Column("prefix", String(8), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),  # SHA-256 hex
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float),
+    Column("deactivated_at", Float),
+)

@@ -1,0 +1,73 @@
+"""Run `mailnode` as a real subprocess (the way users and systemd run it)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+_URL = re.compile(rb"HTTP API:\s+(http://\S+)")
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+async def run_cli(*args: str, timeout: float = 30.0) -> tuple[int, str, str]:
+    """Run `python -m mailnode ARGS`; returns (exit code, stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mailnode", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+@dataclass
+class ServeProcess:
+    process: asyncio.subprocess.Process
+    url: str
+    stderr_lines: list[bytes]
+
+    async def kill(self) -> None:
+        """SIGKILL: no cleanup at all, like a power cut of the process."""
+        self.process.send_signal(signal.SIGKILL)
+        await self.process.wait()
+
+    async def terminate(self, timeout: float = 15.0) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.process.wait(), timeout)
+
+
+async def start_serve(config: Path, timeout: float = 30.0) -> ServeProcess:
+    """Start `mailnode serve` and wait until it prints its HTTP address."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mailnode", "serve", "--config", str(config),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    lines: list[bytes] = []
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        remaining = deadline - asyncio.get_running_loop().time()
+        line = await asyncio.wait_for(process.stderr.readline(), max(remaining, 0.01))
+        if not line:
+            raise AssertionError(f"mailnode serve exited early: {b''.join(lines).decode()}")
+        lines.append(line)
+        match = _URL.search(line)
+        if match:
+            break
+    serve = ServeProcess(process, match.group(1).decode(), lines)
+    asyncio.get_running_loop().create_task(_drain(process, lines))
+    return serve
+
+
+async def _drain(process: asyncio.subprocess.Process, lines: list[bytes]) -> None:
+    assert process.stderr is not None
+    while line := await process.stderr.readline():
+        lines.append(line)
