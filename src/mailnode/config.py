@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
 from mailnode.core.retry import RetryPolicy
 from mailnode.errors import ConfigError
 
@@ -232,6 +236,22 @@ def _check_cross_fields(config: Config) -> None:
     for domain, dkim in config.dkim.items():
         if not Path(dkim.key_file).is_file():
             raise ConfigError(f"dkim.{domain}.key_file: no such file: {dkim.key_file}")
+        problem = _dkim_key_problem(Path(dkim.key_file))
+        if problem:
+            raise ConfigError(f"dkim.{domain}.key_file: {problem}")
+
+
+def _dkim_key_problem(path: Path) -> str | None:
+    """Why the file cannot sign (found now, not as a 4xx on every message from the domain)."""
+    try:
+        key = load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # TypeError: the key is encrypted
+        return f"{path} is not an unencrypted PEM private key"
+    if not isinstance(key, rsa.RSAPrivateKey):
+        return f"{path} is not an RSA key (mailnode signs with rsa-sha256, RFC 8301)"
+    return None
 
 
 def _join(path: str, key: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable, Coroutine
@@ -18,6 +19,7 @@ from aiohttp import web
 from mailnode.api.app import create_app
 from mailnode.api.context import AppContext
 from mailnode.config import Config
+from mailnode.errors import MailnodeError
 from mailnode.router.endpoints import build_endpoint
 from mailnode.router.filters import build_chains, load_dkim_keys
 from mailnode.router.output_handler import OutputHandler, OutputSettings
@@ -48,6 +50,14 @@ class Service:
         return f"http://{host}:{port}"
 
     async def start(self) -> None:
+        """Start every part; if one fails, stop what already runs and re-raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+
+    async def _start(self) -> None:
         config = self.config
         store = await Store.open(
             config.storage.url,
@@ -95,7 +105,14 @@ class Service:
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, listen.host, listen.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            raise MailnodeError(
+                f"http.listen: cannot listen on {listen}: {reason}; "
+                "stop what uses it or choose another [http] listen address"
+            ) from None
         host, port = self._runner.addresses[0][:2]
         self.http_address = (host, port)
 

@@ -36,6 +36,14 @@ async def sink() -> AsyncIterator[Sink]:
 
 
 @pytest.fixture
+async def sink_pair(sink: Sink) -> AsyncIterator[tuple[Sink, Sink]]:
+    """A second sink on 127.0.0.2 with the same port as `sink` on 127.0.0.1 (two MX hosts)."""
+    second = await start_sink("127.0.0.2", sink.port)
+    yield sink, second
+    await second.close()
+
+
+@pytest.fixture
 async def dns_server() -> AsyncIterator[DnsServer]:
     server = await start_dns_server()
     yield server

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from tests.support.dns_server import DnsServer
-from tests.support.sink import Reply, Sink, start_sink
+from tests.support.sink import Reply, Sink
 
 from mailnode.core.outcome import Stage
 from mailnode.errors import PermanentDeliveryError, TransientDeliveryError
@@ -169,14 +168,6 @@ async def _two_mx(dns_server: DnsServer, first: Sink, second: Sink) -> None:
     dns_server.add("example.test", "MX", "20 mx2.example.test.")
     dns_server.add("mx1.example.test", "A", first.host)
     dns_server.add("mx2.example.test", "A", second.host)
-
-
-@pytest.fixture
-async def sink_pair(sink: Sink) -> AsyncIterator[tuple[Sink, Sink]]:
-    """A second sink on 127.0.0.2 with the same port as `sink` on 127.0.0.1."""
-    second = await start_sink("127.0.0.2", sink.port)
-    yield sink, second
-    await second.close()
 
 
 @pytest.mark.parametrize(

@@ -1,14 +1,20 @@
-"""The outbound SMTP endpoint: one connection, one recipient, every reply kept (RFC 5321)."""
+"""The outbound SMTP endpoint: one connection, one recipient, every reply kept (RFC 5321).
+
+An upstream session runs in two steps so that the SMTP gateway can cut through: envelope()
+connects and sends MAIL and RCPT as soon as its client names a recipient, data() sends the
+message on the same connection once the client has sent it all, and close() ends the session.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import ipaddress
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import aiosmtplib
 
@@ -47,6 +53,49 @@ class SmtpOptions:
             raise ValueError(f"starttls must be opportunistic, required or off, not {self.starttls!r}")
 
 
+@dataclass(frozen=True)
+class EnvelopeInfo:
+    """What MAIL and RCPT need to know before the message exists."""
+
+    mail_from: str  # "" is the null reverse path <>
+    rcpt_to: str
+    size: int | None = None  # the SIZE= hint (RFC 1870); None: no SIZE, no local size check
+    body_8bit: bool = False  # declare BODY=8BITMIME when the server offers it (RFC 6152)
+    smtputf8: bool = False  # the headers need SMTPUTF8 (RFC 6531); non-ASCII addresses always do
+
+    def __post_init__(self) -> None:
+        if self.size is not None and self.size < 0:
+            raise ValueError(f"size must be a byte count (>= 0) or None, not {self.size}")
+
+    @classmethod
+    def for_message(
+        cls, mail_from: str, rcpt_to: str, message: bytes, *, smtputf8: bool = False
+    ) -> EnvelopeInfo:
+        """The envelope of a message already in hand: its exact size and whether it is 8-bit."""
+        return cls(mail_from, rcpt_to, len(message), not message.isascii(), smtputf8)
+
+
+class UpstreamSession(Protocol):
+    """One upstream transaction for one recipient: envelope(), then data(), always close()."""
+
+    @property
+    def remote_host(self) -> str | None:
+        """The peer that gave the answers so far (None before a connection was tried)."""
+        ...
+
+    async def envelope(self) -> AttemptResult:
+        """Connect, EHLO, STARTTLS, AUTH, MAIL, RCPT; .data is None; never raises on SMTP errors."""
+        ...
+
+    async def data(self, message: bytes) -> AttemptResult:
+        """Send the message after an accepted envelope; a refused envelope's result otherwise."""
+        ...
+
+    async def close(self) -> None:
+        """QUIT if connected and release the socket; idempotent."""
+        ...
+
+
 @dataclass
 class _Progress:
     """How far one connection got: the step in progress and the replies kept so far."""
@@ -67,6 +116,230 @@ class _Progress:
         return AttemptResult(self.mail, self.rcpt, response, self.remote_host)
 
 
+class _State(enum.Enum):
+    NEW = "new"  # envelope() not called yet
+    ENVELOPE = "envelope"  # envelope() running
+    READY = "ready"  # MAIL and RCPT accepted; the connection waits for data()
+    DATA = "data"  # data() running
+    DONE = "done"  # the result is final: a refused envelope, or the DATA answer
+
+
+class SmtpSession:
+    """An UpstreamSession to one host:port: a smarthost, or one address of an MX host.
+
+    `server_name` is the name the TLS certificate is checked against and that remote_host shows
+    (the MX host name when `host` is its address). Line endings are sent as CRLF and a final
+    CRLF is added when missing (aiosmtplib does both).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        info: EnvelopeInfo,
+        options: SmtpOptions,
+        *,
+        server_name: str | None = None,
+    ) -> None:
+        name = server_name or host
+        self.remote_host: str = _remote_host(name, host, port)
+        self._host, self._port, self._info, self._options = host, port, info, options
+        self._tls_name = host if name.startswith("[") else name
+        self._state = _State.NEW
+        self._closed = False
+        self._result: AttemptResult | None = None  # envelope()'s answer, then data()'s
+        self._progress = _Progress(self.remote_host, self._tls_name)
+        self._client: aiosmtplib.SMTP | None = None
+        self._transport: asyncio.Transport | None = None  # the TCP transport under any TLS
+
+    async def __aenter__(self) -> SmtpSession:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def envelope(self) -> AttemptResult:
+        """Go as far as RCPT; the connection stays open only when MAIL and RCPT were accepted."""
+        self._expect(_State.NEW, "envelope()")
+        if self._closed:
+            raise RuntimeError("envelope() after close()")
+        self._state = _State.ENVELOPE
+        try:
+            self._result = await self._envelope()
+        except BaseException:
+            self._abort()  # cancelled: nobody will send DATA on this connection
+            raise
+        finally:
+            self._state = _State.READY if self._client is not None else _State.DONE
+        return self._result
+
+    async def data(self, message: bytes) -> AttemptResult:
+        """Send `message` on the envelope's connection; only once, and never after a refusal."""
+        if self._state is _State.DONE and self._result is not None:
+            return self._result
+        self._expect(_State.READY, "data()")
+        if self._closed:
+            raise RuntimeError("data() after close(): the upstream connection is gone")
+        self._state = _State.DATA
+        progress = self._progress
+        progress.stage, progress.step = Stage.DATA, "DATA"
+        # What a second data() call answers if this one is cancelled before the reply.
+        self._result = progress.result(Response(451, f"4.3.0 DATA to {self.remote_host} was interrupted"))
+        try:
+            self._result = await self._data(message)
+        except BaseException:
+            self._abort()
+            raise
+        finally:
+            self._state = _State.DONE
+        return self._result
+
+    async def close(self) -> None:
+        """QUIT when a connection is open and idle (bounded by command_timeout); always release it."""
+        self._closed = True
+        client = self._client
+        try:
+            if client is not None and self._state not in (_State.ENVELOPE, _State.DATA):
+                await _quit(client)
+        finally:
+            # A running envelope() or data() sees the connection end and returns a 4xx.
+            self._abort()
+
+    def _expect(self, state: _State, call: str) -> None:
+        if self._state is not state:
+            raise RuntimeError(f"{call} called while the session is {self._state.value}")
+
+    async def _envelope(self) -> AttemptResult:
+        info = self._info
+        refusal = _envelope_refusal(info.mail_from, info.rcpt_to)
+        if refusal is not None:
+            return AttemptResult.failed_at(*refusal, remote_host=self.remote_host)
+        result = await self._connect_and_send_envelope(self._options)
+        retry = self._client is None and not self._closed and self._progress.step == "STARTTLS"
+        if retry and self._options.starttls == "opportunistic":
+            # Opportunistic TLS must not make mail undeliverable: retry once in plaintext.
+            log.info("STARTTLS with %s failed (%s); retrying without TLS", self.remote_host, result.mail)
+            plaintext = dataclasses.replace(self._options, starttls="off")
+            result = await self._connect_and_send_envelope(plaintext)
+        return result
+
+    async def _connect_and_send_envelope(self, options: SmtpOptions) -> AttemptResult:
+        """One connection up to RCPT: every failure becomes a result at the stage where it happened."""
+        self._progress = progress = _Progress(self.remote_host, self._tls_name)
+        self._client = client = aiosmtplib.SMTP(
+            hostname=self._host,
+            port=self._port,
+            local_hostname=options.helo_hostname,
+            timeout=options.command_timeout,
+            start_tls=False,
+            validate_certs=options.verify_tls,
+        )
+        try:
+            await client.connect(timeout=options.connect_timeout)
+            if isinstance(client.transport, asyncio.Transport):
+                self._transport = client.transport
+            if self._closed:  # close() ran while we were connecting
+                raise aiosmtplib.SMTPServerDisconnected("session closed")
+            result = await _envelope_commands(client, progress, self._info, options)
+        except aiosmtplib.SMTPResponseException as exc:
+            result = progress.result(_reply(exc.code, exc.message, progress))
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            result = progress.result(_failure(exc, progress))
+        else:
+            if _accepted(result):
+                return result
+            await _quit(client)
+        self._abort()
+        return result
+
+    async def _data(self, message: bytes) -> AttemptResult:
+        progress, client = self._progress, self._client
+        if client is None or not client.is_connected:
+            # The server gave up on us while the message was on its way (an idle timeout).
+            self._abort()
+            return progress.result(Response(451, f"4.4.2 connection to {self.remote_host} lost before DATA"))
+        try:
+            reply = await client.data(message)
+            return progress.result(_reply(reply.code, reply.message, progress))
+        except aiosmtplib.SMTPResponseException as exc:
+            return progress.result(_reply(exc.code, exc.message, progress))
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            self._abort()
+            return progress.result(_failure(exc, progress))
+
+    def _abort(self) -> None:
+        """Release the socket now: close() would wait for unsent data a stuck peer never reads."""
+        if self._client is not None:
+            self._client.close()
+        if self._transport is not None:
+            self._transport.abort()
+        self._client, self._transport = None, None
+
+
+class MxSession:
+    """An UpstreamSession to a recipient domain: its destinations are tried inside envelope().
+
+    The next destination is tried after a connection failure or a 4xx before any RCPT answer;
+    data() goes to the connection that gave the RCPT answer.
+    """
+
+    def __init__(
+        self, resolver: MxResolver, domain: str, port: int, info: EnvelopeInfo, options: SmtpOptions
+    ) -> None:
+        self._resolver, self._domain, self._port = resolver, domain, port
+        self._info, self._options = info, options
+        self._current: SmtpSession | None = None
+        self._result: AttemptResult | None = None
+        self._closed = False
+
+    @property
+    def remote_host(self) -> str | None:
+        return self._current.remote_host if self._current is not None else None
+
+    async def __aenter__(self) -> MxSession:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def envelope(self) -> AttemptResult:
+        """Resolve the domain and try its destinations in order until one gives a decisive answer."""
+        if self._result is not None or self._closed:
+            raise RuntimeError("envelope() is called once, before close()")
+        self._result = AttemptResult.failed_at(
+            Stage.MAIL, Response(451, f"4.4.3 no address for {self._domain}")
+        )
+        try:
+            destinations = await self._resolver.resolve(self._domain)
+        except DeliveryError as exc:
+            self._result = AttemptResult.failed_at(Stage.MAIL, exc.response)
+            return self._result
+        for destination in destinations:
+            if self._closed:
+                break
+            self._current = SmtpSession(
+                destination.address, self._port, self._info, self._options, server_name=destination.host
+            )
+            self._result = await self._current.envelope()
+            if not _try_next_destination(self._result):
+                break
+        return self._result
+
+    async def data(self, message: bytes) -> AttemptResult:
+        """Send `message` to the destination that answered RCPT."""
+        if self._result is None:
+            raise RuntimeError("data() called before envelope()")
+        if self._current is None:
+            return self._result  # no destination was ever reached
+        return await self._current.data(message)
+
+    async def close(self) -> None:
+        """End the connection to the current destination (the others are closed already)."""
+        self._closed = True
+        if self._current is not None:
+            await self._current.close()
+
+
 async def send_message(
     host: str,
     port: int,
@@ -80,23 +353,11 @@ async def send_message(
 ) -> AttemptResult:
     """Deliver `message` to one recipient over one connection to host:port; never raises on SMTP.
 
-    `server_name` is the name the TLS certificate is checked against and that remote_host shows
-    (the MX host name when `host` is its address). `smtputf8=True` marks a message whose
-    headers need SMTPUTF8 (RFC 6531); non-ASCII addresses need it in any case. Line endings
-    are sent as CRLF and a final CRLF is added when missing (aiosmtplib does both).
+    `server_name` is as for SmtpSession. `smtputf8=True` marks a message whose headers need
+    SMTPUTF8 (RFC 6531); non-ASCII addresses need it in any case.
     """
-    name = server_name or host
-    refusal = _envelope_refusal(mail_from, rcpt_to)
-    if refusal is not None:
-        return AttemptResult.failed_at(*refusal, remote_host=_remote_host(name, host, port))
-    envelope = _Envelope(mail_from, rcpt_to, message, headers_need_utf8=bool(smtputf8))
-    result, progress = await _attempt(host, port, name, envelope, options)
-    if progress.step == "STARTTLS" and options.starttls == "opportunistic":
-        # Opportunistic TLS must not make mail undeliverable: retry once in plaintext.
-        log.info("STARTTLS with %s failed (%s); retrying without TLS", progress.remote_host, result.mail)
-        plaintext = dataclasses.replace(options, starttls="off")
-        result, _ = await _attempt(host, port, name, envelope, plaintext)
-    return result
+    info = EnvelopeInfo.for_message(mail_from, rcpt_to, message, smtputf8=bool(smtputf8))
+    return await _deliver(SmtpSession(host, port, info, options, server_name=server_name), message)
 
 
 async def deliver_via_mx(
@@ -111,25 +372,24 @@ async def deliver_via_mx(
     smtputf8: bool | None = None,
 ) -> AttemptResult:
     """Resolve `domain` and try its destinations in order until one gives a decisive answer."""
+    info = EnvelopeInfo.for_message(mail_from, rcpt_to, message, smtputf8=bool(smtputf8))
+    return await _deliver(MxSession(resolver, domain, port, info, options), message)
+
+
+async def _deliver(session: UpstreamSession, message: bytes) -> AttemptResult:
+    """A whole transaction at once: the envelope, the message if it was accepted, then close."""
     try:
-        destinations = await resolver.resolve(domain)
-    except DeliveryError as exc:
-        return AttemptResult.failed_at(Stage.MAIL, exc.response)
-    result = AttemptResult.failed_at(Stage.MAIL, Response(451, f"4.4.3 no address for {domain}"))
-    for destination in destinations:
-        result = await send_message(
-            destination.address,
-            port,
-            mail_from=mail_from,
-            rcpt_to=rcpt_to,
-            message=message,
-            options=options,
-            smtputf8=smtputf8,
-            server_name=destination.host,
-        )
-        if not _try_next_destination(result):
-            break
-    return result
+        result = await session.envelope()
+        if _accepted(result):
+            result = await session.data(message)
+        return result
+    finally:
+        await session.close()
+
+
+def _accepted(result: AttemptResult) -> bool:
+    """MAIL and RCPT were both accepted: the connection waits for DATA."""
+    return result.mail is not None and result.mail.ok and result.rcpt is not None and result.rcpt.ok
 
 
 def _try_next_destination(result: AttemptResult) -> bool:
@@ -137,82 +397,27 @@ def _try_next_destination(result: AttemptResult) -> bool:
     return result.rcpt is None and result.mail is not None and result.mail.temporary
 
 
-@dataclass(frozen=True)
-class _Envelope:
-    mail_from: str
-    rcpt_to: str
-    message: bytes
-    headers_need_utf8: bool
-
-
-async def _attempt(
-    host: str, port: int, name: str, envelope: _Envelope, options: SmtpOptions
-) -> tuple[AttemptResult, _Progress]:
-    """One connection: every failure becomes a result at the stage where it happened."""
-    tls_name = host if name.startswith("[") else name
-    progress = _Progress(_remote_host(name, host, port), tls_name)
-    client = aiosmtplib.SMTP(
-        hostname=host,
-        port=port,
-        local_hostname=options.helo_hostname,
-        timeout=options.command_timeout,
-        start_tls=False,
-        validate_certs=options.verify_tls,
-    )
-    raw_transport: asyncio.BaseTransport | None = None
-    try:
-        await client.connect(timeout=options.connect_timeout)
-        raw_transport = client.transport
-        return await _transaction(client, progress, envelope, options), progress
-    except aiosmtplib.SMTPResponseException as exc:
-        return progress.result(_reply(exc.code, exc.message, progress)), progress
-    except (aiosmtplib.SMTPException, OSError) as exc:
-        return progress.result(_failure(exc, progress)), progress
-    finally:
-        client.close()
-        if isinstance(raw_transport, asyncio.Transport):
-            # close() waits for unsent data; a peer that stopped reading must not keep the socket.
-            raw_transport.abort()
-
-
-async def _transaction(
-    client: aiosmtplib.SMTP, progress: _Progress, envelope: _Envelope, options: SmtpOptions
+async def _envelope_commands(
+    client: aiosmtplib.SMTP, progress: _Progress, info: EnvelopeInfo, options: SmtpOptions
 ) -> AttemptResult:
-    mail_from, rcpt_to, message = envelope.mail_from, envelope.rcpt_to, envelope.message
+    """EHLO, STARTTLS and AUTH as configured, then MAIL and RCPT; a refusal ends it early."""
     await _hello(client, progress, options)
     refusal = await _start_tls(client, progress, options) or await _login(client, progress, options)
     params: list[bytes] = []
     if refusal is None:
-        addresses_need_utf8 = not (mail_from.isascii() and rcpt_to.isascii())
-        params, refusal = _mail_parameters(
-            client, progress, message, addresses_need_utf8, envelope.headers_need_utf8
-        )
+        params, refusal = _mail_parameters(client, progress, info)
     if refusal is not None:
-        await _quit(client)
         return progress.result(refusal)
     encoding = "utf-8" if b"SMTPUTF8" in params else "ascii"
 
     progress.step = "MAIL"
-    mail = await _command(client, progress, b"MAIL", b"FROM:" + _path(mail_from, encoding), *params)
-    progress.mail = mail
-    if not mail.ok:
-        await _quit(client)
-        return progress.result(mail)
+    mail_from = b"FROM:" + _path(info.mail_from, encoding)
+    progress.mail = await _command(client, progress, b"MAIL", mail_from, *params)
+    if not progress.mail.ok:
+        return progress.result(progress.mail)
     progress.stage, progress.step = Stage.RCPT, "RCPT"
-    rcpt = await _command(client, progress, b"RCPT", b"TO:" + _path(rcpt_to, encoding))
-    progress.rcpt = rcpt
-    if not rcpt.ok:
-        await _quit(client)
-        return progress.result(rcpt)
-
-    progress.stage, progress.step = Stage.DATA, "DATA"
-    try:
-        reply = await client.data(message)
-        data = _reply(reply.code, reply.message, progress)
-    except aiosmtplib.SMTPDataError as exc:
-        data = _reply(exc.code, exc.message, progress)
-    await _quit(client)
-    return progress.result(data)
+    progress.rcpt = await _command(client, progress, b"RCPT", b"TO:" + _path(info.rcpt_to, encoding))
+    return progress.result(progress.rcpt)
 
 
 async def _hello(client: aiosmtplib.SMTP, progress: _Progress, options: SmtpOptions) -> None:
@@ -270,24 +475,21 @@ async def _login(client: aiosmtplib.SMTP, progress: _Progress, options: SmtpOpti
 
 
 def _mail_parameters(
-    client: aiosmtplib.SMTP,
-    progress: _Progress,
-    message: bytes,
-    addresses_need_utf8: bool,
-    headers_need_utf8: bool,
+    client: aiosmtplib.SMTP, progress: _Progress, info: EnvelopeInfo
 ) -> tuple[list[bytes], Response | None]:
     """The MAIL parameters the server advertised and the message needs, or a local refusal."""
     params: list[bytes] = []
-    if client.supports_extension("size"):
+    if info.size is not None and client.supports_extension("size"):
         limit = client.esmtp_extensions["size"]
-        if limit.isdigit() and 0 < int(limit) < len(message):
+        if limit.isdigit() and 0 < int(limit) < info.size:
             # RFC 1870: don't send what the server has already said it won't take.
-            text = f"5.3.4 message larger than the server's limit ({len(message)} > {limit} bytes"
+            text = f"5.3.4 message larger than the server's limit ({info.size} > {limit} bytes"
             return params, Response(552, f"{text} at {progress.remote_host})")
-        params.append(b"SIZE=%d" % len(message))
-    if not message.isascii() and client.supports_extension("8bitmime"):
+        params.append(b"SIZE=%d" % info.size)
+    if info.body_8bit and client.supports_extension("8bitmime"):
         params.append(b"BODY=8BITMIME")  # RFC 6152; without 8BITMIME the bytes go as they are
-    if addresses_need_utf8 or headers_need_utf8:
+    addresses_need_utf8 = not (info.mail_from.isascii() and info.rcpt_to.isascii())
+    if addresses_need_utf8 or info.smtputf8:
         if not client.supports_extension("smtputf8"):
             # RFC 6531 has no downgrade: without SMTPUTF8 the message cannot go there at all.
             if addresses_need_utf8:

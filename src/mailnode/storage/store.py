@@ -549,12 +549,16 @@ class Store:
         """End deliveries whose body never arrived (final reason "downstream timeout")."""
         now = self.clock()
         async with self._write() as conn:
-            result = await conn.execute(
+            expired = select(transactions.c.id).where(
+                transactions.c.status == Status.AWAITING_BODY.value,
+                transactions.c.updated_at < older_than,
+            )
+            ids = (await conn.execute(expired)).scalars().all()
+            if not ids:
+                return 0
+            await conn.execute(
                 update(transactions)
-                .where(
-                    transactions.c.status == Status.AWAITING_BODY.value,
-                    transactions.c.updated_at < older_than,
-                )
+                .where(transactions.c.id.in_(ids))
                 .values(
                     status=Status.FAILED.value,
                     final_attempt_reason=FinalReason.DOWNSTREAM_TIMEOUT.value,
@@ -563,7 +567,10 @@ class Store:
                     version=transactions.c.version + 1,
                 )
             )
-            return result.rowcount
+            records = await self._load(conn, ids)
+        # Wake hanging GETs now rather than at their next poll.
+        self._notify(records, queued=False)
+        return len(records)
 
     @shielded
     async def collect_garbage(self, finished_before: float, *, batch: int = 1000) -> int:
