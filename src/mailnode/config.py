@@ -143,6 +143,9 @@ class RetryConfig:
 
 
 FILTERS = ("received_header", "validation", "dkim", "router")
+# Validation first: headers it adds (Message-ID, Date) then sit below this hop's Received
+# header, which stays on top as trace headers must (RFC 5322 §3.6.7).
+DEFAULT_CHAIN = ("validation", "received_header", "dkim", "router")
 
 
 def _known_filters(value: tuple[str, ...]) -> str | None:
@@ -158,7 +161,7 @@ def _known_filters(value: tuple[str, ...]) -> str | None:
 class SenderConfig:
     """A sender profile: the filter chain, whether to retry and whether to bounce."""
 
-    filters: tuple[str, ...] = field(default=FILTERS, metadata=_check(_known_filters))
+    filters: tuple[str, ...] = field(default=DEFAULT_CHAIN, metadata=_check(_known_filters))
     retry: bool = True
     bounce: bool = True
     # Add Message-ID and Date when the message lacks them (validation filter).

@@ -135,12 +135,13 @@ class Service:
             try:
                 await store.heartbeat(self.session_id)
                 now = self.clock()
+                expired = await store.expire_awaiting_body(now - storage.body_timeout_seconds)
+                removed = 0
                 if now - last_gc >= storage.gc_interval_seconds:
                     last_gc = now
-                    expired = await store.expire_awaiting_body(now - storage.body_timeout_seconds)
                     removed = await store.collect_garbage(now - storage.gc_ttl_seconds)
-                    if expired or removed:
-                        log.info("housekeeping expired=%d removed=%d", expired, removed)
+                if expired or removed:
+                    log.info("housekeeping expired=%d removed=%d", expired, removed)
             except Exception:
                 log.exception("housekeeping failed; trying again in %.0f s", interval)
 
