@@ -142,6 +142,97 @@ class RetryConfig:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class SubmissionConfig:
+    """Port 587: authenticated clients that expect mailnode to retry for them."""
+
+    enabled: bool = True
+    listen: HostPort = HostPort("127.0.0.1", 2587)
+    # How long to wait for the receiving server's RCPT / end-of-data answer before
+    # answering 250 and storing the message to retry (DESIGN.md, the exploder's table).
+    rcpt_timeout_seconds: float = field(default=5.0, metadata=_check(_non_negative))
+    data_timeout_seconds: float = field(default=30.0, metadata=_check(_non_negative))
+    # Allow AUTH without TLS when both ends are loopback (development only).
+    allow_plaintext_auth_on_loopback: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class IngressListenerConfig:
+    """Port 25: other MTAs delivering to the domains mailnode routes; they retry themselves."""
+
+    enabled: bool = True
+    listen: HostPort = HostPort("127.0.0.1", 2525)
+    rcpt_timeout_seconds: float = field(default=30.0, metadata=_check(_non_negative))
+    data_timeout_seconds: float = field(default=300.0, metadata=_check(_non_negative))
+
+
+@dataclass(frozen=True, slots=True)
+class ImplicitTlsConfig:
+    """Port 465: submission with TLS from the first byte (RFC 8314)."""
+
+    enabled: bool = False
+    listen: HostPort = HostPort("127.0.0.1", 2465)
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpConfig:
+    # The name in the greeting and EHLO answer; empty: the top-level hostname.
+    hostname: str = ""
+    max_message_bytes: int = field(default=50 * 1024 * 1024, metadata=_check(_positive))
+    # RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients.
+    max_recipients: int = field(default=100, metadata=_check(_at_least_one))
+    max_connections: int = field(default=200, metadata=_check(_at_least_one))
+    # RFC 5321 §4.5.3.2.7: a server should wait at least 5 minutes for the next command.
+    command_timeout_seconds: float = field(default=300.0, metadata=_check(_positive))
+    submission: SubmissionConfig = SubmissionConfig()
+    ingress: IngressListenerConfig = IngressListenerConfig()
+    submission_tls: ImplicitTlsConfig = ImplicitTlsConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    # PEM files. Without them mailnode makes a self-signed certificate for development in
+    # its data directory (clients will not trust it).
+    cert_file: str = ""
+    key_file: str = ""
+
+
+def _endpoint_spec(value: str) -> str | None:
+    if value == "capture":
+        return None
+    kind, _, target = value.partition(":")
+    if kind not in ("smtp", "lmtp"):
+        return 'expected "capture", "smtp:host:port" or "lmtp:host:port"'
+    try:
+        HostPort.parse(target)
+    except ValueError as exc:
+        return f"{exc} (expected {kind}:host:port; unix sockets and HTTP receivers are not supported yet)"
+    return None
+
+
+def _route_domain(value: str) -> str | None:
+    name = value.removeprefix("*.")
+    if value == "*" or (name and "." in name and " " not in name and "@" not in name):
+        return None
+    return 'expected a domain ("example.com"), a wildcard ("*.example.com"), or "*"'
+
+
+@dataclass(frozen=True, slots=True)
+class IngressRoute:
+    """Mail on port 25 for `domain` goes to `endpoint`."""
+
+    domain: str = field(metadata=_check(_route_domain))
+    endpoint: str = field(default="capture", metadata=_check(_endpoint_spec))
+
+
+@dataclass(frozen=True, slots=True)
+class IngressConfig:
+    # Recipient domains accepted on port 25, first match wins. Everything else is refused
+    # (550 5.7.1 relaying denied). "*" is allowed only with the capture endpoint, which
+    # never relays.
+    routes: tuple[IngressRoute, ...] = (IngressRoute("*", "capture"),)
+
+
 FILTERS = ("received_header", "validation", "dkim", "router")
 # Validation first: headers it adds (Message-ID, Date) then sit below this hop's Received
 # header, which stays on top as trace headers must (RFC 5322 §3.6.7).
@@ -198,6 +289,13 @@ class Config:
     retry: RetryConfig = RetryConfig()
     senders: Mapping[str, SenderConfig] = field(default_factory=_default_senders)
     dkim: Mapping[str, DkimConfig] = field(default_factory=dict)
+    smtp: SmtpConfig = SmtpConfig()
+    tls: TlsConfig = TlsConfig()
+    ingress: IngressConfig = IngressConfig()
+
+    @property
+    def smtp_hostname(self) -> str:
+        return self.smtp.hostname or self.hostname
 
     def sender(self, name: str) -> SenderConfig | None:
         return self.senders.get(name)
@@ -234,6 +332,14 @@ def _check_cross_fields(config: Config) -> None:
     delivery = config.delivery
     if delivery.mode == "smarthost" and delivery.smarthost is None:
         raise ConfigError('delivery.smarthost: required when delivery.mode = "smarthost"')
+    for i, route in enumerate(config.ingress.routes):
+        if route.domain == "*" and route.endpoint != "capture":
+            raise ConfigError(
+                f'ingress.routes[{i}].domain: "*" would make mailnode an open relay; '
+                'it is allowed only with endpoint = "capture"'
+            )
+    if bool(config.tls.cert_file) != bool(config.tls.key_file):
+        raise ConfigError("tls: set both cert_file and key_file, or neither")
     if "bounce" not in config.senders:
         raise ConfigError("senders.bounce: the profile used for DSNs must exist")
     for domain, dkim in config.dkim.items():

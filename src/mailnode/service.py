@@ -20,8 +20,9 @@ from mailnode.api.app import create_app
 from mailnode.api.context import AppContext
 from mailnode.config import Config
 from mailnode.errors import MailnodeError
-from mailnode.router.endpoints import build_endpoint
-from mailnode.router.filters import build_chains, load_dkim_keys
+from mailnode.router.endpoints import build_endpoint, endpoint_from_spec
+from mailnode.router.exploder import Exploder
+from mailnode.router.filters import Router, build_chains, load_dkim_keys
 from mailnode.router.output_handler import OutputHandler, OutputSettings
 from mailnode.router.version_cache import VersionCache
 from mailnode.smtp.mx import MxResolver
@@ -39,6 +40,7 @@ class Service:
         self.session_id = secrets.token_hex(8)
         self.store: Store | None = None
         self.output: OutputHandler | None = None
+        self.exploder: Exploder | None = None
         self.http_address: tuple[str, int] | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -70,6 +72,7 @@ class Service:
         store.subscribe(versions)
         self.output = self._output_handler(store)
         store.subscribe(self.output)
+        self.exploder = Exploder(config, store, self.output, self.session_id)
         self._spawn(self.output.run(), "output-handler")
         self._spawn(self._housekeeping(store), "housekeeping")
         await self._start_http(AppContext(config, store, versions))
@@ -79,8 +82,11 @@ class Service:
         config = self.config
         nameservers = [(ns.host, ns.port or 53) for ns in config.dns.nameservers]
         resolver = MxResolver(nameservers, timeout=config.dns.timeout_seconds)
-        endpoint = build_endpoint(config, store, resolver)
-        chains = build_chains(config, endpoint, load_dkim_keys(config))
+        routes = [
+            (route, endpoint_from_spec(route.endpoint, config, store)) for route in config.ingress.routes
+        ]
+        router = Router(build_endpoint(config, store, resolver), routes)
+        chains = build_chains(config, router, load_dkim_keys(config))
         settings = OutputSettings(
             session_id=self.session_id,
             concurrency=config.delivery.concurrency,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from mailnode.core.exploder import UPSTREAM_TIMEOUT, Fate, Mode, data_reply, rcpt_reply
+from mailnode.core.exploder import UPSTREAM_TIMEOUT, Fate, Mode, data_reply, decide_with_fate, rcpt_reply
+from mailnode.core.outcome import AttemptResult, FinalReason, Status
 from mailnode.core.response import Response
+from mailnode.core.retry import RetryPolicy
 
 OK = Response(250, "2.1.5 ok")
 TEMP = Response(451, "4.3.0 try later")
@@ -85,3 +87,32 @@ def test_all_temporary_submission_stores_and_forwards() -> None:
 def test_no_recipients_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match="at least one"):
         data_reply(SUB, [])
+
+
+DONE = AttemptResult(mail=OK, rcpt=OK, data=Response(250, "2.0.0 queued"))
+DATA_TEMP = AttemptResult(mail=OK, rcpt=OK, data=TEMP)
+DATA_PERM = AttemptResult(mail=OK, rcpt=OK, data=PERM)
+POLICY = RetryPolicy(initial_delay=10, max_attempts=3)
+
+
+@pytest.mark.parametrize(
+    ("fate", "result", "status", "reason", "bounce"),
+    [
+        (Fate.DELIVERED, DONE, Status.DELIVERED, FinalReason.SUCCESS, False),
+        (Fate.DROPPED, DATA_PERM, Status.FAILED, FinalReason.RETURNED_TO_CLIENT, False),
+        (Fate.DROPPED, DATA_TEMP, Status.FAILED, FinalReason.RETURNED_TO_CLIENT, False),
+        (Fate.CANCELLED, DATA_TEMP, Status.CANCELLED, FinalReason.CANCELLED, False),
+        (Fate.BOUNCE, DATA_PERM, Status.FAILED, FinalReason.PERMFAIL, True),
+        (Fate.STORE_AND_FORWARD, DATA_TEMP, Status.QUEUED, None, False),
+        # Stored and forwarded, and the upstream answered after the client's reply after all:
+        (Fate.STORE_AND_FORWARD, DONE, Status.DELIVERED, FinalReason.SUCCESS, False),
+        (Fate.STORE_AND_FORWARD, DATA_PERM, Status.FAILED, FinalReason.PERMFAIL, True),
+    ],
+)
+def test_decide_with_fate(
+    fate: Fate, result: AttemptResult, status: Status, reason: FinalReason | None, bounce: bool
+) -> None:
+    decision = decide_with_fate(fate, result, retry=POLICY, bounce_enabled=True, created_at=0, now=1)
+    assert (decision.status, decision.final_reason, decision.bounce) == (status, reason, bounce)
+    if status is Status.QUEUED:
+        assert decision.next_attempt_at == 11

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 
@@ -11,7 +10,7 @@ from aiohttp import web
 from mailnode.api import capture, transactions
 from mailnode.api.context import API_KEY, CONTEXT, AppContext, context
 from mailnode.api.errors import Handler, error_middleware, error_response
-from mailnode.core.apikey import key_hash
+from mailnode.platform.keys import verify_api_key
 from mailnode.storage.store import ApiKeyRecord, Store
 
 log = logging.getLogger(__name__)
@@ -27,14 +26,7 @@ async def authenticate(store: Store, authorization: str | None, now: float) -> A
     scheme, _, presented = (authorization or "").partition(" ")
     if scheme.lower() != "bearer":
         presented = ""
-    # The lookup runs even for a malformed or empty key so that failures all cost the same.
-    digest = key_hash(presented.strip())
-    record = await store.find_api_key(digest)
-    if record is None or not hmac.compare_digest(record.key_hash, digest) or not presented:
-        return None
-    if record.deactivated_at is not None or (record.expires_at is not None and record.expires_at <= now):
-        return None
-    return record
+    return await verify_api_key(store, presented.strip(), now)
 
 
 @web.middleware

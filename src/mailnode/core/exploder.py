@@ -14,7 +14,9 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mailnode.core.outcome import AttemptResult, Decision, FinalReason, Status, decide
 from mailnode.core.response import Response
+from mailnode.core.retry import RetryPolicy
 
 
 class Mode(enum.Enum):
@@ -29,6 +31,7 @@ class Fate(enum.Enum):
     STORE_AND_FORWARD = "store_and_forward"  # retry with backoff, bounce on final failure
     BOUNCE = "bounce"  # failed for good after the client got 250: send a DSN
     DROPPED = "dropped"  # the client was given the failure: nothing more to do
+    CANCELLED = "cancelled"  # the client went away (RSET, QUIT, disconnect) before the end of DATA
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,3 +106,26 @@ def _mixed_fate(answer: Response | None) -> Fate:
     if answer is not None and answer.permanent:
         return Fate.BOUNCE
     return Fate.STORE_AND_FORWARD
+
+
+def decide_with_fate(
+    fate: Fate,
+    result: AttemptResult,
+    *,
+    retry: RetryPolicy | None,
+    bounce_enabled: bool,
+    created_at: float,
+    now: float,
+) -> Decision:
+    """The delivery's next state after a cut-through attempt, given the exploder's verdict."""
+    if fate is Fate.CANCELLED:
+        return Decision(Status.CANCELLED, FinalReason.CANCELLED, None, bounce=False)
+    if fate is Fate.DROPPED:
+        return Decision(Status.FAILED, FinalReason.RETURNED_TO_CLIENT, None, bounce=False)
+    if fate is Fate.BOUNCE:
+        retry = None
+    elif fate is Fate.DELIVERED:
+        retry, bounce_enabled = None, False
+    return decide(
+        result, retry=retry, bounce_enabled=bounce_enabled, attempts_made=1, created_at=created_at, now=now
+    )

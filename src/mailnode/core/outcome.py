@@ -89,6 +89,7 @@ class FinalReason(enum.StrEnum):
     MAX_ATTEMPTS = "retry policy max attempts"
     DEADLINE = "retry policy deadline"
     CANCELLED = "downstream cancelled"
+    RETURNED_TO_CLIENT = "failure returned to the SMTP client"
     DOWNSTREAM_TIMEOUT = "downstream timeout"
 
 

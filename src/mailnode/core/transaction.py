@@ -51,8 +51,12 @@ class NewTransaction:
     blobs: tuple[BlobSource, ...]
     message_builder: dict[str, Any] | None = None
     client_address: str | None = None
+    client_helo: str | None = None
     api_key_id: int | None = None
     parent_id: int | None = None
+    # The SMTP exploder creates deliveries at RCPT and attaches one shared body at the end of
+    # DATA (Store.attach_body); until then they wait with no blob at all.
+    body_later: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +102,7 @@ class TransactionRecord:
     bounce: bool
     protocol: str
     client_address: str | None
+    client_helo: str | None
     parent_id: int | None
     message_builder: dict[str, Any] | None
     blobs: tuple[BlobStatus, ...]

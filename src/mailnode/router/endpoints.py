@@ -1,15 +1,20 @@
-"""Endpoints: the last hop of a delivery (SMTP via MX or smarthost, or the local capture store)."""
+"""Endpoints: the last hop of a delivery (SMTP via MX, a relay, LMTP, or the local capture store).
+
+An endpoint opens an UpstreamSession per attempt: envelope() first (MAIL and RCPT), data()
+once the message exists. The stored path calls both back to back; the SMTP exploder calls
+envelope() while the client is still at RCPT (cut-through).
+"""
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from mailnode.config import Config
+from mailnode.config import Config, HostPort
 from mailnode.core.address import AddressError, parse_address
 from mailnode.core.outcome import AttemptResult, Stage
 from mailnode.core.response import Response, permanent
 from mailnode.core.transaction import TransactionRecord
-from mailnode.smtp.client import SmtpOptions, deliver_via_mx, send_message
+from mailnode.smtp.client import EnvelopeInfo, MxSession, SmtpOptions, SmtpSession, UpstreamSession
 from mailnode.smtp.mx import MxResolver
 from mailnode.storage.store import Store
 
@@ -20,10 +25,46 @@ class Endpoint(Protocol):
     name: str
 
     def destination(self, record: TransactionRecord) -> str:
-        """The key that per-destination concurrency limits are counted under."""
+        """The key per-destination concurrency limits are counted under."""
         ...
 
-    async def deliver(self, record: TransactionRecord, message: bytes) -> AttemptResult: ...
+    def session(self, record: TransactionRecord, info: EnvelopeInfo) -> UpstreamSession: ...
+
+
+class _FailedSession:
+    """A session that ends before it starts (a recipient no endpoint can take)."""
+
+    remote_host: str | None = None
+
+    def __init__(self, result: AttemptResult) -> None:
+        self._result = result
+
+    async def envelope(self) -> AttemptResult:
+        return self._result
+
+    async def data(self, message: bytes) -> AttemptResult:
+        return self._result
+
+    async def close(self) -> None:
+        return None
+
+
+class _CaptureSession:
+    remote_host: str | None = "capture"
+
+    def __init__(self, store: Store, record: TransactionRecord) -> None:
+        self._store, self._record = store, record
+
+    async def envelope(self) -> AttemptResult:
+        return AttemptResult(mail=_OK, rcpt=_OK, remote_host="capture")
+
+    async def data(self, message: bytes) -> AttemptResult:
+        record = self._record
+        capture_id = await self._store.add_capture(record.rest_id, record.mail_from, record.rcpt_to, message)
+        return AttemptResult(_OK, _OK, Response(250, f"2.0.0 captured as message {capture_id}"), "capture")
+
+    async def close(self) -> None:
+        return None
 
 
 class CaptureEndpoint:
@@ -37,36 +78,22 @@ class CaptureEndpoint:
     def destination(self, record: TransactionRecord) -> str:
         return "capture"
 
-    async def deliver(self, record: TransactionRecord, message: bytes) -> AttemptResult:
-        capture_id = await self._store.add_capture(record.rest_id, record.mail_from, record.rcpt_to, message)
-        return AttemptResult(
-            mail=_OK,
-            rcpt=_OK,
-            data=Response(250, f"2.0.0 captured as message {capture_id}"),
-            remote_host="capture",
-        )
+    def session(self, record: TransactionRecord, info: EnvelopeInfo) -> UpstreamSession:
+        return _CaptureSession(self._store, record)
 
 
-class SmarthostEndpoint:
-    """Everything to one relay host (optionally with AUTH)."""
+class RelayEndpoint:
+    """Everything to one SMTP or LMTP server (a smarthost, or an ingress route's mailbox server)."""
 
-    name = "smarthost"
-
-    def __init__(self, host: str, port: int, options: SmtpOptions) -> None:
+    def __init__(self, name: str, host: str, port: int, options: SmtpOptions) -> None:
+        self.name = name
         self._host, self._port, self._options = host, port, options
 
     def destination(self, record: TransactionRecord) -> str:
         return f"{self._host}:{self._port}"
 
-    async def deliver(self, record: TransactionRecord, message: bytes) -> AttemptResult:
-        return await send_message(
-            self._host,
-            self._port,
-            mail_from=record.mail_from,
-            rcpt_to=record.rcpt_to,
-            message=message,
-            options=self._options,
-        )
+    def session(self, record: TransactionRecord, info: EnvelopeInfo) -> UpstreamSession:
+        return SmtpSession(self._host, self._port, info, self._options)
 
 
 class MxEndpoint:
@@ -80,31 +107,25 @@ class MxEndpoint:
     def destination(self, record: TransactionRecord) -> str:
         return record.rcpt_to.rpartition("@")[2].lower()
 
-    async def deliver(self, record: TransactionRecord, message: bytes) -> AttemptResult:
+    def session(self, record: TransactionRecord, info: EnvelopeInfo) -> UpstreamSession:
         try:
             domain = parse_address(record.rcpt_to).domain_ascii
         except AddressError as exc:
-            return AttemptResult.failed_at(Stage.RCPT, permanent(f"bad recipient address: {exc}", "5.1.3"))
-        return await deliver_via_mx(
-            self._resolver,
-            domain,
-            self._port,
-            mail_from=record.mail_from,
-            rcpt_to=record.rcpt_to,
-            message=message,
-            options=self._options,
-        )
+            refusal = permanent(f"bad recipient address: {exc}", "5.1.3")
+            return _FailedSession(AttemptResult.failed_at(Stage.RCPT, refusal))
+        return MxSession(self._resolver, domain, self._port, info, self._options)
 
 
-def smtp_options(config: Config) -> SmtpOptions:
+def smtp_options(config: Config, *, authenticate: bool = False, lmtp: bool = False) -> SmtpOptions:
     delivery = config.delivery
     return SmtpOptions(
         helo_hostname=config.hostname,
         connect_timeout=delivery.connect_timeout_seconds,
         command_timeout=delivery.command_timeout_seconds,
-        starttls=delivery.starttls,
-        username=delivery.smarthost_username,
-        password=delivery.smarthost_password,
+        starttls="off" if lmtp else delivery.starttls,
+        username=delivery.smarthost_username if authenticate else None,
+        password=delivery.smarthost_password if authenticate else None,
+        lmtp=lmtp,
     )
 
 
@@ -115,5 +136,15 @@ def build_endpoint(config: Config, store: Store, resolver: MxResolver) -> Endpoi
         return CaptureEndpoint(store)
     if delivery.mode == "smarthost":
         assert delivery.smarthost is not None  # checked by the config loader
-        return SmarthostEndpoint(delivery.smarthost.host, delivery.smarthost.port, smtp_options(config))
+        host, port = delivery.smarthost.host, delivery.smarthost.port
+        return RelayEndpoint("smarthost", host, port, smtp_options(config, authenticate=True))
     return MxEndpoint(resolver, delivery.port, smtp_options(config))
+
+
+def endpoint_from_spec(spec: str, config: Config, store: Store) -> Endpoint:
+    """An ingress route's endpoint: "capture", "smtp:host:port" or "lmtp:host:port"."""
+    if spec == "capture":
+        return CaptureEndpoint(store)
+    kind, _, target = spec.partition(":")
+    address = HostPort.parse(target)
+    return RelayEndpoint(spec, address.host, address.port, smtp_options(config, lmtp=kind == "lmtp"))

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import dkim
 
-from mailnode.config import Config
+from mailnode.config import Config, IngressRoute
 from mailnode.core.headers import (
     MessageCheck,
     check_message,
@@ -25,6 +25,7 @@ from mailnode.core.response import Response
 from mailnode.core.transaction import TransactionRecord
 from mailnode.errors import PermanentDeliveryError, TransientDeliveryError
 from mailnode.router.endpoints import Endpoint
+from mailnode.router.routes import match_route
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,6 @@ class DeliveryContext:
 
     record: TransactionRecord
     message: bytes
-    endpoint: Endpoint | None = None
     check: MessageCheck | None = field(default=None)
 
     def message_check(self) -> MessageCheck:
@@ -61,7 +61,7 @@ class ReceivedHeaderFilter:
     async def __call__(self, delivery: DeliveryContext) -> None:
         record = delivery.record
         header = received_header(
-            from_host=None,
+            from_host=record.client_helo,
             from_ip=record.client_address,
             by_host=self._hostname,
             protocol=record.protocol,
@@ -157,14 +157,34 @@ def _sign(message: bytes, key: DkimKey, include: Sequence[bytes]) -> bytes:
         raise TransientDeliveryError(Response(451, f"4.3.0 DKIM signing failed: {exc}"), "data") from exc
 
 
-class RouterFilter:
-    """Picks the endpoint (for now the one `[delivery] mode` names)."""
+class Router:
+    """Picks the endpoint from the envelope alone, so cut-through can start before the body.
 
-    def __init__(self, endpoint: Endpoint) -> None:
-        self._endpoint = endpoint
+    Ingress deliveries follow the first matching `[[ingress.routes]]` entry; every other
+    profile uses the endpoint `[delivery] mode` names.
+    """
 
-    async def __call__(self, delivery: DeliveryContext) -> None:
-        delivery.endpoint = self._endpoint
+    def __init__(
+        self, default: Endpoint, ingress_routes: Sequence[tuple[IngressRoute, Endpoint]] = ()
+    ) -> None:
+        self._default = default
+        self._routes = list(ingress_routes)
+        self._by_spec = {route: endpoint for route, endpoint in self._routes}
+
+    def route(self, record: TransactionRecord) -> Endpoint | None:
+        if record.sender != "ingress":
+            return self._default
+        domain = record.rcpt_to.rpartition("@")[2]
+        route = match_route([route for route, _ in self._routes], domain)
+        return None if route is None else self._by_spec[route]
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """A sender profile's message filters, in order, and its router."""
+
+    filters: tuple[Filter, ...]
+    router: Router
 
 
 def load_dkim_keys(config: Config) -> dict[str, DkimKey]:
@@ -178,11 +198,9 @@ def load_dkim_keys(config: Config) -> dict[str, DkimKey]:
 FilterFactory = Callable[[], Filter]
 
 
-def build_chains(
-    config: Config, endpoint: Endpoint, dkim_keys: Mapping[str, DkimKey]
-) -> dict[str, list[Filter]]:
-    """One filter chain per sender profile, in the order the profile lists them."""
-    chains: dict[str, list[Filter]] = {}
+def build_chains(config: Config, router: Router, dkim_keys: Mapping[str, DkimKey]) -> dict[str, Chain]:
+    """One chain per sender profile, with the message filters in the order the profile lists."""
+    chains: dict[str, Chain] = {}
     for name, profile in config.senders.items():
         factories: dict[str, FilterFactory] = {
             "received_header": lambda: ReceivedHeaderFilter(config.hostname),
@@ -190,10 +208,7 @@ def build_chains(
                 config.hostname, add_missing_headers=p.add_missing_headers
             ),
             "dkim": lambda: DkimFilter(dkim_keys),
-            "router": lambda: RouterFilter(endpoint),
         }
-        chain = [factories[filter_name]() for filter_name in profile.filters]
-        if "router" not in profile.filters:
-            chain.append(RouterFilter(endpoint))
-        chains[name] = chain
+        filters = tuple(factories[f]() for f in profile.filters if f != "router")
+        chains[name] = Chain(filters, router)
     return chains

@@ -7,12 +7,13 @@ import contextlib
 import datetime
 import functools
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
 from mailnode.core.dsn import FailedDelivery, build_dsn
+from mailnode.core.exploder import decide_with_fate
 from mailnode.core.headers import header_block
 from mailnode.core.message_builder import SpecError, build_message, parse_spec
 from mailnode.core.outcome import AttemptResult, Decision, Stage, decide
@@ -20,7 +21,9 @@ from mailnode.core.response import Response, permanent
 from mailnode.core.retry import RetryPolicy
 from mailnode.core.transaction import BODY, InlineBlob, NewTransaction, TransactionRecord
 from mailnode.errors import DeliveryError, StorageError
-from mailnode.router.filters import DeliveryContext, Filter
+from mailnode.router.cut_through import CutThrough, envelope_accepted
+from mailnode.router.filters import Chain, DeliveryContext
+from mailnode.smtp.client import EnvelopeInfo
 from mailnode.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -43,7 +46,7 @@ class OutputHandler:
     def __init__(
         self,
         store: Store,
-        chains: Mapping[str, Sequence[Filter]],
+        chains: Mapping[str, Chain],
         retry_policy: Callable[[str], RetryPolicy | None],
         settings: OutputSettings,
         *,
@@ -149,22 +152,29 @@ class OutputHandler:
 
     async def _attempt(self, record: TransactionRecord) -> None:
         log.info(
-            "attempt start tx=%s attempt=%d sender=%s",
-            record.rest_id,
-            record.attempt_count,
-            record.sender,
+            "attempt start tx=%s attempt=%d sender=%s", record.rest_id, record.attempt_count, record.sender
         )
         result, message = await self._run_chain(record)
-        retry = self._retry_policy(record.sender) if record.retry else None
         now = self._store.clock()
         decision = decide(
             result,
-            retry=retry,
+            retry=self._retry_policy(record.sender) if record.retry else None,
             bounce_enabled=record.bounce,
             attempts_made=record.attempt_count,
             created_at=record.created_at,
             now=now,
         )
+        await self._record(record, result, decision, message, now)
+
+    async def _record(
+        self,
+        record: TransactionRecord,
+        result: AttemptResult,
+        decision: Decision,
+        message: bytes | None,
+        now: float,
+    ) -> None:
+        """Write the attempt's answers and the delivery's next state (and its DSN)."""
         dsn = self._dsn(record, result, decision, message, now) if decision.bounce else None
         try:
             await self._store.finish_attempt(record, self._settings.session_id, result, decision, dsn)
@@ -187,15 +197,20 @@ class OutputHandler:
         message: bytes | None = None
         try:
             message = await self._load_message(record)
-            delivery = DeliveryContext(record, message)
-            for step in self._chains[record.sender]:
-                await step(delivery)
-            if delivery.endpoint is None:
-                return AttemptResult.failed_at(
-                    Stage.RCPT, permanent("no route to this recipient", "5.4.4")
-                ), message
-            async with self._destination(delivery.endpoint.destination(record)):
-                return await delivery.endpoint.deliver(record, delivery.message), message
+            delivery = await self._filter(record, message)
+            endpoint = self._chains[record.sender].router.route(record)
+            if endpoint is None:
+                return AttemptResult.failed_at(Stage.RCPT, _NO_ROUTE), message
+            info = EnvelopeInfo.for_message(record.mail_from, record.rcpt_to, delivery.message)
+            async with self._destination(endpoint.destination(record)):
+                session = endpoint.session(record, info)
+                try:
+                    envelope = await session.envelope()
+                    if not envelope_accepted(envelope):
+                        return envelope, message
+                    return await session.data(delivery.message), message
+                finally:
+                    await session.close()
         except DeliveryError as exc:
             return AttemptResult.failed_at(Stage(exc.stage), exc.response), message
         except SpecError as exc:
@@ -205,6 +220,77 @@ class OutputHandler:
         except Exception:
             # A bug fails loudly in the log, and the delivery is retried like any 4xx.
             log.exception("attempt failed with an internal error tx=%s", record.rest_id)
+            return AttemptResult.failed_at(Stage.MAIL, _INTERNAL_ERROR), message
+
+    async def _filter(self, record: TransactionRecord, message: bytes) -> DeliveryContext:
+        delivery = DeliveryContext(record, message)
+        for step in self._chains[record.sender].filters:
+            await step(delivery)
+        return delivery
+
+    # Cut-through (the SMTP exploder) ---------------------------------------------------------
+
+    def start_cut_through(
+        self, record: TransactionRecord, info: EnvelopeInfo, wait_limit: float
+    ) -> CutThrough:
+        """Start the first attempt of a delivery the exploder just created (leased to us).
+
+        `wait_limit` bounds how long the attempt waits for the exploder (message, verdict).
+        """
+        handle = CutThrough(record)
+        task = asyncio.create_task(
+            self._cut_through(handle, info, wait_limit), name=f"cut-through-{record.rest_id}"
+        )
+        self._running[record.id] = task
+        task.add_done_callback(functools.partial(self._finished, record.id))
+        return handle
+
+    async def _cut_through(self, handle: CutThrough, info: EnvelopeInfo, wait_limit: float) -> None:
+        record = handle.record
+        log.info("cut-through start tx=%s sender=%s", record.rest_id, record.sender)
+        result, message = await self._cut_through_session(handle, info, wait_limit)
+        handle.data_done(result)
+        fate = await handle.fate(wait_limit)
+        now = self._store.clock()
+        decision = decide_with_fate(
+            fate,
+            result,
+            retry=self._retry_policy(record.sender) if record.retry else None,
+            bounce_enabled=record.bounce,
+            created_at=record.created_at,
+            now=now,
+        )
+        await self._record(record, result, decision, message, now)
+
+    async def _cut_through_session(
+        self, handle: CutThrough, info: EnvelopeInfo, wait_limit: float
+    ) -> tuple[AttemptResult, bytes | None]:
+        record = handle.record
+        endpoint = self._chains[record.sender].router.route(record)
+        if endpoint is None:
+            return AttemptResult.failed_at(Stage.RCPT, _NO_ROUTE), None
+        message: bytes | None = None
+        try:
+            async with self._destination(endpoint.destination(record)):
+                session = endpoint.session(record, info)
+                try:
+                    envelope = await session.envelope()
+                    handle.envelope_done(envelope)
+                    if not envelope_accepted(envelope):
+                        return envelope, None
+                    message = await handle.message(wait_limit)
+                    if message is None:
+                        return envelope, None
+                    delivery = await self._filter(record, message)
+                    return await session.data(delivery.message), message
+                finally:
+                    await session.close()
+        except DeliveryError as exc:
+            return AttemptResult.failed_at(Stage(exc.stage), exc.response), message
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("cut-through attempt failed with an internal error tx=%s", record.rest_id)
             return AttemptResult.failed_at(Stage.MAIL, _INTERNAL_ERROR), message
 
     async def _load_message(self, record: TransactionRecord) -> bytes:
@@ -271,6 +357,7 @@ class OutputHandler:
 
 
 _INTERNAL_ERROR = Response(451, "4.3.0 internal error in mailnode; will retry")
+_NO_ROUTE = Response(550, "5.4.4 no route to this recipient")
 
 
 def _utc(timestamp: float) -> datetime.datetime:

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from mailnode.core.outcome import AttemptResult, Decision, FinalReason, Status, check_transition
 from mailnode.core.response import Response
 from mailnode.core.transaction import (
+    BODY,
     AttemptRecord,
     BlobStatus,
     InlineBlob,
@@ -203,20 +204,34 @@ class Store:
     # -- transactions --------------------------------------------------------------------
 
     @shielded
-    async def create_transaction(self, new: NewTransaction) -> TransactionRecord:
-        """Store a new delivery; it is due at once when its body is complete."""
+    async def create_transaction(
+        self, new: NewTransaction, *, lease_owner: str | None = None, lease_seconds: float = 0.0
+    ) -> TransactionRecord:
+        """Store a new delivery; it is due at once when its body is complete.
+
+        With `lease_owner` the delivery is created leased to that session with its first
+        attempt started: the SMTP exploder drives it at once (cut-through).
+        """
         async with self._write() as conn:
-            record = await self._insert_transaction(conn, new, self.clock())
-        self._notify([record], queued=record.status is Status.QUEUED)
+            record = await self._insert_transaction(
+                conn, new, self.clock(), lease_owner=lease_owner, lease_seconds=lease_seconds
+            )
+        self._notify([record], queued=record.status is Status.QUEUED and lease_owner is None)
         return record
 
     async def _insert_transaction(
-        self, conn: AsyncConnection, new: NewTransaction, now: float
+        self,
+        conn: AsyncConnection,
+        new: NewTransaction,
+        now: float,
+        *,
+        lease_owner: str | None = None,
+        lease_seconds: float = 0.0,
     ) -> TransactionRecord:
         refs: list[tuple[str, int, bool]] = []  # (name, blob id, finalized)
         for source in new.blobs:
             refs.append((source.name, *await self._blob_for(conn, source, now)))
-        input_done = all(finalized for _, _, finalized in refs)
+        input_done = not new.body_later and all(finalized for _, _, finalized in refs)
         status = Status.QUEUED if input_done else Status.AWAITING_BODY
         result = await conn.execute(
             transactions.insert().values(
@@ -230,17 +245,22 @@ class Store:
                 created_at=now,
                 updated_at=now,
                 next_attempt_at=now if input_done else None,
-                attempt_count=0,
+                attempt_count=0 if lease_owner is None else 1,
+                lease_owner=lease_owner,
+                lease_expires_at=None if lease_owner is None else now + lease_seconds,
                 retry=new.retry,
                 bounce=new.bounce,
                 cancelled=False,
                 client_address=new.client_address,
+                client_helo=new.client_helo,
                 protocol=new.protocol,
                 api_key_id=new.api_key_id,
                 parent_id=new.parent_id,
             )
         )
         tx_id = _inserted_id(result)
+        if lease_owner is not None:
+            await conn.execute(attempts.insert().values(transaction_id=tx_id, number=1, started_at=now))
         if refs:
             await conn.execute(
                 transaction_blobs.insert(),
@@ -371,6 +391,30 @@ class Store:
         await conn.execute(update(transactions).where(transactions.c.id == tx_id).values(**values))
         (record,) = await self._load(conn, [tx_id])
         return record
+
+    @shielded
+    async def attach_body(self, tx_ids: Sequence[int], data: bytes) -> list[TransactionRecord]:
+        """Store one body for deliveries created with `body_later`, shared by all of them."""
+        now = self.clock()
+        async with self._write() as conn:
+            blob_id, _ = await self._blob_for(conn, InlineBlob(BODY, data), now)
+            await conn.execute(
+                transaction_blobs.insert(),
+                [{"transaction_id": tx_id, "name": BODY, "blob_id": blob_id} for tx_id in tx_ids],
+            )
+            await conn.execute(
+                update(transactions)
+                .where(transactions.c.id.in_(tx_ids), transactions.c.status == Status.AWAITING_BODY.value)
+                .values(
+                    status=Status.QUEUED.value,
+                    next_attempt_at=now,
+                    updated_at=now,
+                    version=transactions.c.version + 1,
+                )
+            )
+            records = await self._load(conn, list(tx_ids))
+        self._notify(records, queued=False)
+        return records
 
     @shielded
     async def cancel(self, rest_id: str) -> TransactionRecord:
@@ -528,8 +572,9 @@ class Store:
                 "updated_at": now,
                 "version": transactions.c.version + 1,
             }
-            if Status(current.status) is Status.QUEUED:  # not cancelled meanwhile
-                check_transition(Status.QUEUED, decision.status)
+            status = Status(current.status)
+            if not status.final:  # not cancelled meanwhile
+                check_transition(status, decision.status)
                 values.update(
                     status=decision.status.value,
                     final_attempt_reason=decision.final_reason.value if decision.final_reason else None,
@@ -764,6 +809,7 @@ def _record(
         bounce=row.bounce,
         protocol=row.protocol,
         client_address=row.client_address,
+        client_helo=row.client_helo,
         parent_id=row.parent_id,
         message_builder=row.message_builder,
         blobs=blob_status,

@@ -80,6 +80,7 @@ transactions = Table(
     Column("bounce", Boolean, nullable=False),
     Column("cancelled", Boolean, nullable=False, default=False),
     Column("client_address", String(64)),
+    Column("client_helo", String(255)),
     Column("protocol", String(16), nullable=False),
     Column("api_key_id", Integer),
     # A DSN points at the transaction it reports on.

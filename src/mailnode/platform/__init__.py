@@ -1,0 +1,1 @@
+"""The sending platform: API keys (more to come: domains, templates, batches)."""
