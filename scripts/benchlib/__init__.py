@@ -1,0 +1,1 @@
+"""Helpers shared by the benchmarks in scripts/: a sink process, child processes, statistics."""
