@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from sqlalchemy.engine import make_url
 
 from mailnode import __version__
 from mailnode.config import Config, load_config
 from mailnode.core.apikey import key_hash, key_prefix, new_api_key
 from mailnode.errors import ConfigError, MailnodeError
-from mailnode.service import Service
+from mailnode.service import Service, data_dir
 from mailnode.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -107,6 +106,8 @@ async def _serve(config: Config, *, dev_default: bool) -> None:
     def ready(service: Service) -> None:
         click.echo(f"mailnode {__version__} is running", err=True)
         click.echo(f"  HTTP API:   {service.base_url}", err=True)
+        for name, (host, port) in (service.smtp.addresses if service.smtp else {}).items():
+            click.echo(f"  SMTP {name + ':':<11} {host}:{port}", err=True)
         click.echo(f"  database:   {config.storage.url}", err=True)
         click.echo(f"  delivery:   {config.delivery.mode}", err=True)
         if dev_key is not None:
@@ -120,13 +121,8 @@ async def _serve(config: Config, *, dev_default: bool) -> None:
     await Service(config).run(stop, on_ready=ready)
 
 
-def _data_dir(config: Config) -> Path:
-    database = make_url(config.storage.url).database or "mailnode-data/mailnode.db"
-    return Path(database).parent
-
-
 def _dev_key_path(config: Config) -> Path:
-    return _data_dir(config) / DEV_KEY_FILE
+    return data_dir(config) / DEV_KEY_FILE
 
 
 async def _ensure_dev_key(config: Config) -> str:
@@ -178,15 +174,11 @@ def migrate(config_file: str | None) -> None:
     from mailnode.storage.migrations import migrate as run_migrations
 
     config = load_config(_config_path(config_file))
-
-    async def go() -> tuple[int | None, int]:
-        engine = create_engine(config.storage.url)
-        try:
-            return await run_migrations(engine)
-        finally:
-            await engine.dispose()
-
-    before, after = _run(go())
+    engine = create_engine(config.storage.url)
+    try:
+        before, after = run_migrations(engine)
+    finally:
+        engine.dispose()
     click.echo(f"schema version {after}" + ("" if before == after else f" (was {before or 'empty'})"))
 
 

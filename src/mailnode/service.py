@@ -10,11 +10,14 @@ import asyncio
 import logging
 import os
 import secrets
+import ssl
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy.engine import make_url
 
 from mailnode.api.app import create_app
 from mailnode.api.context import AppContext
@@ -26,9 +29,19 @@ from mailnode.router.filters import Router, build_chains, load_dkim_keys
 from mailnode.router.output_handler import OutputHandler, OutputSettings
 from mailnode.router.version_cache import VersionCache
 from mailnode.smtp.mx import MxResolver
+from mailnode.smtp.server import SmtpListeners
+from mailnode.smtp.tls import ensure_dev_certificate, server_tls_context
 from mailnode.storage.store import Clock, Store
 
 log = logging.getLogger(__name__)
+
+
+def data_dir(config: Config) -> Path:
+    """Where mailnode keeps its files: the SQLite database's directory, else ./mailnode-data."""
+    url = make_url(config.storage.url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        return Path(url.database).parent
+    return Path("mailnode-data")
 
 
 class Service:
@@ -41,6 +54,7 @@ class Service:
         self.store: Store | None = None
         self.output: OutputHandler | None = None
         self.exploder: Exploder | None = None
+        self.smtp: SmtpListeners | None = None
         self.http_address: tuple[str, int] | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -75,8 +89,20 @@ class Service:
         self.exploder = Exploder(config, store, self.output, self.session_id)
         self._spawn(self.output.run(), "output-handler")
         self._spawn(self._housekeeping(store), "housekeeping")
+        self.smtp = await SmtpListeners.start(
+            config, exploder=self.exploder, store=store, tls_context=self._tls_context(), clock=self.clock
+        )
         await self._start_http(AppContext(config, store, versions))
         log.info("mailnode started session=%s http=%s", self.session_id, self.base_url)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """The configured certificate, or a self-signed one for development."""
+        tls = self.config.tls
+        if tls.cert_file:
+            return server_tls_context(tls.cert_file, tls.key_file)
+        cert, key = ensure_dev_certificate(data_dir(self.config) / "tls", self.config.smtp_hostname)
+        log.info("using a self-signed development certificate cert=%s", cert)
+        return server_tls_context(cert, key)
 
     def _output_handler(self, store: Store) -> OutputHandler:
         config = self.config
@@ -156,6 +182,9 @@ class Service:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.smtp is not None:
+            await self.smtp.close(grace)
+            self.smtp = None
         if self.output is not None:
             await self.output.stop(grace)
         for task in list(self._tasks):

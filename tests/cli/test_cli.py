@@ -81,7 +81,9 @@ def assert_one_line_error(result: Result, code: int, *fragments: str, logs: bool
 
 def write_config(tmp_path: Path, text: str = "") -> Path:
     path = tmp_path / "mailnode.toml"
-    path.write_text(f'[storage]\nurl = "sqlite+aiosqlite:///{tmp_path}/data/mailnode.db"\n{text}')
+    storage = f'[storage]\nurl = "sqlite+aiosqlite:///{tmp_path}/data/mailnode.db"\n'
+    smtp = '[smtp.submission]\nlisten = "127.0.0.1:0"\n[smtp.ingress]\nlisten = "127.0.0.1:0"\n'
+    path.write_text(storage + smtp + text)
     return path
 
 
@@ -328,6 +330,8 @@ async def dev_serve(tmp_path: Path) -> AsyncIterator[DevServe]:
 
 async def test_serve_without_config_runs_the_developer_default(tmp_path: Path, dev_serve: DevServe) -> None:
     assert dev_serve.url == "http://127.0.0.1:8025"
+    assert any("SMTP submission:" in line and "127.0.0.1:2587" in line for line in dev_serve.lines)
+    assert any("SMTP ingress:" in line and "127.0.0.1:2525" in line for line in dev_serve.lines)
     assert KEY_PATTERN.match(dev_serve.key)
     assert any("delivery:" in line and "capture" in line for line in dev_serve.lines)
     key_file = tmp_path / "mailnode-data" / "dev-api-key"

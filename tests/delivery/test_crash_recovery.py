@@ -20,6 +20,10 @@ hostname = "mailnode.test"
 url = "sqlite+aiosqlite:///{tmp_path}/mailnode.db"
 [http]
 listen = "127.0.0.1:0"
+[smtp.submission]
+listen = "127.0.0.1:0"
+[smtp.ingress]
+listen = "127.0.0.1:0"
 [delivery]
 mode = "smarthost"
 smarthost = "127.0.0.1:{sink_port}"

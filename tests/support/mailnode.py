@@ -35,6 +35,7 @@ def make_config(tmp_path: Path, smarthost_port: int | None, **overrides: Any) ->
             "sqlite_synchronous": "normal",
         },
         "http": {"listen": "127.0.0.1:0"},
+        "smtp": {"submission": {"listen": "127.0.0.1:0"}, "ingress": {"listen": "127.0.0.1:0"}},
         "delivery": {
             "mode": "capture",
             "poll_interval_seconds": 0.05,

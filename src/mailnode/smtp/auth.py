@@ -1,0 +1,119 @@
+"""SMTP AUTH for submission: API keys as credentials, a per-IP throttle, the key's sender domains."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mailnode.platform.keys import verify_api_key
+from mailnode.storage.store import ApiKeyRecord, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottleSettings:
+    """How failed AUTH attempts from one client IP are slowed down and then refused."""
+
+    # The n-th failure in a row is answered after first_delay * 2**(n-1) seconds, at most max_delay.
+    first_delay_seconds: float = 1.0
+    max_delay_seconds: float = 8.0
+    # After this many failures in a row the IP is refused (421) for ban_seconds.
+    ban_after_failures: int = 10
+    ban_seconds: float = 900.0
+    # A client with no failure for this long starts again from zero.
+    forget_after_seconds: float = 900.0
+    # The table is bounded: past this many IPs the one idle longest is forgotten.
+    max_clients: int = 10_000
+
+
+DEFAULT_THROTTLE = ThrottleSettings()
+
+
+@dataclass(slots=True)
+class _Failures:
+    count: int
+    last_at: float
+    banned_until: float = 0.0
+
+
+class AuthThrottle:
+    """Failed AUTH attempts per client IP: a growing delay, then a temporary ban."""
+
+    def __init__(self, settings: ThrottleSettings, clock: Callable[[], float]) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._clients: OrderedDict[str, _Failures] = OrderedDict()
+
+    def banned(self, ip: str) -> bool:
+        entry = self._current(ip)
+        return entry is not None and entry.banned_until > self._clock()
+
+    def failed(self, ip: str) -> float:
+        """Record a failure; the seconds to wait before answering it."""
+        now = self._clock()
+        entry = self._current(ip) or _Failures(0, now)
+        entry.count += 1
+        entry.last_at = now
+        settings = self.settings
+        if entry.count >= settings.ban_after_failures:
+            entry.banned_until = now + settings.ban_seconds
+            log.warning(
+                "smtp auth: %s refused for %.0f s after %d failed attempts",
+                ip,
+                settings.ban_seconds,
+                entry.count,
+            )
+        self._clients[ip] = entry
+        self._clients.move_to_end(ip)
+        while len(self._clients) > settings.max_clients:
+            self._clients.popitem(last=False)
+        return min(settings.first_delay_seconds * 2.0 ** (entry.count - 1), settings.max_delay_seconds)
+
+    def succeeded(self, ip: str) -> None:
+        self._clients.pop(ip, None)
+
+    def _current(self, ip: str) -> _Failures | None:
+        entry = self._clients.get(ip)
+        if entry is None:
+            return None
+        now = self._clock()
+        if entry.banned_until <= now and now - entry.last_at >= self.settings.forget_after_seconds:
+            del self._clients[ip]
+            return None
+        return entry
+
+
+async def authenticate(store: Store, login: str, password: str, now: float) -> ApiKeyRecord | None:
+    """The API key `password` names, if `login` is that key's domain or its id; else None."""
+    record = await verify_api_key(store, password, now)
+    if record is None:
+        return None
+    names = {str(record.id)}
+    if record.domain:
+        names.add(record.domain.lower().rstrip("."))
+    return record if login.lower().rstrip(".") in names else None
+
+
+def sender_allowed(key_domain: str | None, sender_domain: str) -> bool:
+    """May a key for `key_domain` send as `sender_domain` (the same domain or a parent of it)?
+
+    A key for mail.example.com may send as example.com; a bare top-level domain ("com") is
+    never a sender domain. A key without a domain may send as anyone.
+    """
+    if not key_domain:
+        return True
+    key = _ascii(key_domain)
+    sender = _ascii(sender_domain)
+    if key is None or sender is None:
+        return False
+    return key == sender or ("." in sender and key.endswith("." + sender))
+
+
+def _ascii(domain: str) -> str | None:
+    try:
+        return domain.rstrip(".").encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return None
