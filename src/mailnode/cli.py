@@ -68,6 +68,8 @@ def _setup_logging(level: str) -> None:
         stream=sys.stderr,
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
+    # aiosmtpd logs every command line at INFO; mailnode logs the lifecycle events itself.
+    logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -203,3 +203,35 @@ async def test_null_sender_is_relayed_as_null(node: Mailnode, sink: Sink) -> Non
     assert data.code == 250
     (received,) = await sink.wait_for_messages(1)
     assert received.mail_from == ""
+
+
+async def test_a_client_gone_after_the_commit_still_gets_its_message_delivered(
+    node: Mailnode, sink: Sink
+) -> None:
+    """No 250 reached the client, but the message was committed: deliver it (at least once)."""
+    assert node.service.exploder is not None
+    sink.reply_for("late@example.org", Reply(data=HANG))
+    tx = node.service.exploder.begin(mode=Mode.SUBMISSION, mail_from="a@example.com", client=CLIENT)
+    assert (await tx.add_recipient("late@example.org")).code == 250
+    finishing = asyncio.create_task(tx.finish(MESSAGE))
+    await wait_status(node, "late@example.org", "queued")  # the body is committed
+    finishing.cancel()  # the client disconnects while waiting for the answer
+    await asyncio.gather(finishing, return_exceptions=True)
+    await tx.abort()
+    sink.reply_for("late@example.org", Reply())
+    (received,) = await sink.wait_for_messages(1)
+    assert received.rcpt_tos == ["late@example.org"]
+    await wait_status(node, "late@example.org", "delivered")
+
+
+async def test_a_client_gone_during_rcpt_leaves_no_delivery_behind(node: Mailnode, sink: Sink) -> None:
+    assert node.service.exploder is not None
+    tx = node.service.exploder.begin(mode=Mode.SUBMISSION, mail_from="a@example.com", client=CLIENT)
+    adding = asyncio.create_task(tx.add_recipient("bob@example.org"))
+    await asyncio.sleep(0)  # the RCPT is under way
+    adding.cancel()
+    await asyncio.gather(adding, return_exceptions=True)
+    await tx.abort()
+    status = await wait_status(node, "bob@example.org", "cancelled")
+    assert status[1] == "downstream cancelled"
+    assert sink.messages == []

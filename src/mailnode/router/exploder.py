@@ -35,9 +35,12 @@ class SmtpClient:
     helo: str | None
     tls: bool
     api_key_id: int | None = None
+    esmtp: bool = True  # EHLO rather than HELO
 
-    def protocol(self, mode: Mode) -> str:
+    def protocol(self) -> str:
         """The Received header's `with` word (RFC 3848): ESMTP plus S for TLS, A for AUTH."""
+        if not self.esmtp:
+            return "SMTP"
         return "ESMTP" + ("S" if self.tls else "") + ("A" if self.api_key_id is not None else "")
 
 
@@ -100,9 +103,29 @@ class DownstreamTransaction:
         self._timeouts = exploder._timeouts[mode]
         self._started: list[CutThrough] = []
         self._accepted: list[CutThrough] = []
+        self._committed = False
 
     async def add_recipient(self, rcpt_to: str) -> Response:
         """Create and start this recipient's delivery; the client's RCPT reply."""
+        # Creating and starting is one step that a cancelled client (a disconnect) cannot cut
+        # in half: a delivery that exists is always started, so abort() can settle it.
+        start = asyncio.ensure_future(self._create_and_start(rcpt_to))
+        try:
+            handle = await asyncio.shield(start)
+        except asyncio.CancelledError:
+            start.add_done_callback(self._cancel_late_start)
+            raise
+        if handle is None:
+            return INTERNAL_ERROR
+        verdict = rcpt_reply(self._mode, await handle.rcpt_answer(self._timeouts.rcpt))
+        if verdict.fate is not None:
+            handle.settle(verdict.fate)
+        else:
+            self._accepted.append(handle)
+        log.info("rcpt tx=%s code=%d", handle.record.rest_id, verdict.reply.code)
+        return verdict.reply
+
+    async def _create_and_start(self, rcpt_to: str) -> CutThrough | None:
         profile = self._x._profiles[self._mode]
         new = NewTransaction(
             sender=self._mode.value,
@@ -110,7 +133,7 @@ class DownstreamTransaction:
             rcpt_to=rcpt_to,
             retry=profile.retry,
             bounce=profile.bounce,
-            protocol=self._client.protocol(self._mode),
+            protocol=self._client.protocol(),
             blobs=(),
             body_later=True,
             client_address=self._client.address,
@@ -123,17 +146,16 @@ class DownstreamTransaction:
             )
         except StorageError:
             log.exception("creating a delivery failed; answering 451")
-            return INTERNAL_ERROR
+            return None
         info = EnvelopeInfo(self._mail_from, rcpt_to, body_8bit=self._body_8bit, smtputf8=self._smtputf8)
         handle = self._x._output.start_cut_through(record, info, self._timeouts.session)
         self._started.append(handle)
-        verdict = rcpt_reply(self._mode, await handle.rcpt_answer(self._timeouts.rcpt))
-        if verdict.fate is not None:
-            handle.settle(verdict.fate)
-        else:
-            self._accepted.append(handle)
-        log.info("rcpt tx=%s code=%d", record.rest_id, verdict.reply.code)
-        return verdict.reply
+        return handle
+
+    @staticmethod
+    def _cancel_late_start(start: asyncio.Future[CutThrough | None]) -> None:
+        if not start.cancelled() and start.exception() is None and (handle := start.result()):
+            handle.settle(Fate.CANCELLED)
 
     async def finish(self, message: bytes) -> Response:
         """Commit the message for every accepted recipient, then answer with the table."""
@@ -145,6 +167,9 @@ class DownstreamTransaction:
             log.exception("storing a message failed; answering 451")
             await self.abort()
             return INTERNAL_ERROR
+        # Committed: from here on, a client that goes away without our answer does not cancel
+        # anything. It may send again (a duplicate), but nothing committed is ever dropped.
+        self._committed = True
         for handle in self._accepted:
             handle.send(message)
         pending = [h.data_future for h in self._accepted if not h.data_future.done()]
@@ -157,7 +182,8 @@ class DownstreamTransaction:
         return verdict.reply
 
     async def abort(self) -> None:
-        """The client left before the end of DATA: cancel every delivery it started."""
+        """The client left before our answer: cancel what it started, unless already committed."""
+        fate = Fate.STORE_AND_FORWARD if self._committed else Fate.CANCELLED
         for handle in self._started:
-            handle.settle(Fate.CANCELLED)
+            handle.settle(fate)
         self._started.clear()

@@ -302,7 +302,13 @@ class _Session(SMTP):
     def client(self) -> SmtpClient:
         assert self.session is not None
         key_id = self.api_key.id if self.api_key is not None else None
-        return SmtpClient(address=self.peer_ip, helo=self.session.host_name, tls=self.tls, api_key_id=key_id)
+        return SmtpClient(
+            address=self.peer_ip,
+            helo=self.session.host_name,
+            tls=self.tls,
+            api_key_id=key_id,
+            esmtp=self.session.extended_smtp,
+        )
 
     @contextlib.contextmanager
     def busy(self) -> Iterator[None]:
