@@ -9,7 +9,7 @@ import aiosmtplib
 import pytest
 
 from tests.smtp_server.conftest import RawClient, Smtp, SmtpFactory
-from tests.support.sink import Sink
+from tests.support.sink import Sink, start_sink
 
 Connect = Callable[..., Awaitable[RawClient]]
 DENIED = "550 5.7.1 relaying denied\r\n"
@@ -110,3 +110,26 @@ async def test_ingress_takes_mail_without_auth_and_the_null_sender(
 
     assert await client.command("MAIL FROM:<>") == "250 2.1.0 sender ok\r\n"
     assert (await client.command("RCPT TO:<bob@mx.hosted.test>")).startswith("250 ")
+
+
+async def test_a_route_to_an_lmtp_server_delivers_there(smtp_factory: SmtpFactory, sink: Sink) -> None:
+    mailstore = await start_sink(lmtp=True)  # a mailbox server such as Dovecot's LMTP
+    try:
+        smtp = await smtp_factory(
+            ingress={"routes": [{"domain": "mbox.test", "endpoint": f"lmtp:127.0.0.1:{mailstore.port}"}]}
+        )
+        message = EmailMessage()
+        message["From"], message["To"], message["Subject"] = "someone@other.test", "bob@mbox.test", "lmtp"
+        message.set_content("into the mailbox\n")
+        async with aiosmtplib.SMTP(
+            hostname="127.0.0.1", port=smtp.port("ingress"), tls_context=smtp.client_tls, timeout=5
+        ) as client:
+            errors, reply = await client.send_message(message)
+
+        [received] = await mailstore.wait_for_messages(1)
+        assert errors == {} and reply.startswith("2.")  # the LMTP server's own answer
+        assert received.rcpt_tos == ["bob@mbox.test"]
+        assert received.data.startswith(b"Received: ") and b"into the mailbox" in received.data
+        assert sink.transactions == 0  # not the smarthost
+    finally:
+        await mailstore.close()

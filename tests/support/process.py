@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-_URL = re.compile(rb"HTTP API:\s+(http://\S+)")
+_FIELD = re.compile(rb"^\s+([A-Za-z][A-Za-z _]*?):\s+(\S+)")
 
 
 def write_config(path: Path, text: str) -> Path:
@@ -33,6 +33,12 @@ class ServeProcess:
     process: asyncio.subprocess.Process
     url: str
     stderr_lines: list[bytes]
+    fields: dict[str, str]  # what serve printed when ready: "HTTP API", "SMTP submission", ...
+
+    def address(self, name: str) -> tuple[str, int]:
+        """A listener's (host, port), e.g. address("SMTP submission")."""
+        host, _, port = self.fields[name].rpartition(":")
+        return host, int(port)
 
     async def kill(self) -> None:
         """SIGKILL: no cleanup at all, like a power cut of the process."""
@@ -45,24 +51,25 @@ class ServeProcess:
 
 
 async def start_serve(config: Path, timeout: float = 30.0) -> ServeProcess:
-    """Start `mailnode serve` and wait until it prints its HTTP address."""
+    """Start `mailnode serve` and wait until it has printed where it listens."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "mailnode", "serve", "--config", str(config),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert process.stderr is not None
     lines: list[bytes] = []
+    fields: dict[str, str] = {}
     deadline = asyncio.get_running_loop().time() + timeout
-    while True:
+    while "delivery" not in fields:  # the last line of the ready banner
         remaining = deadline - asyncio.get_running_loop().time()
         line = await asyncio.wait_for(process.stderr.readline(), max(remaining, 0.01))
         if not line:
             raise AssertionError(f"mailnode serve exited early: {b''.join(lines).decode()}")
         lines.append(line)
-        match = _URL.search(line)
+        match = _FIELD.match(line)
         if match:
-            break
-    serve = ServeProcess(process, match.group(1).decode(), lines)
+            fields[match.group(1).decode()] = match.group(2).decode()
+    serve = ServeProcess(process, fields["HTTP API"], lines, fields)
     asyncio.get_running_loop().create_task(_drain(process, lines))
     return serve
 
