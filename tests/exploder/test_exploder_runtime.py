@@ -1,12 +1,14 @@
-"""The exploder at run time against a real sink: each row of DESIGN.md's table, and what follows."""
+"""Each row of DESIGN.md's exploder table through a real SMTP client and a real sink, and what follows."""
 
 from __future__ import annotations
 
 import asyncio
 
+import aiosmtplib
 import pytest
 
 from mailnode.core.exploder import Mode
+from mailnode.core.response import Response
 from mailnode.router.exploder import SmtpClient
 from tests.conftest import MailnodeFactory
 from tests.support.mailnode import Mailnode
@@ -15,26 +17,44 @@ from tests.support.sink import HANG, Reply, Sink
 MESSAGE = b"From: a@example.com\r\nDate: Mon, 23 Nov 2026 01:00:00 +0000\r\nSubject: s\r\n\r\nbody\r\n"
 CLIENT = SmtpClient(address="127.0.0.1", helo="client.test", tls=True, api_key_id=None)
 WAITS = {"rcpt_timeout_seconds": 0.3, "data_timeout_seconds": 0.5}
+# The client and the listener are both on loopback: AUTH without TLS keeps these tests short.
+SUBMISSION = {**WAITS, "allow_plaintext_auth_on_loopback": True}
 
 
 @pytest.fixture
 async def node(mailnode_factory: MailnodeFactory) -> Mailnode:
     return await mailnode_factory(
-        smtp={"submission": WAITS, "ingress": WAITS},
+        smtp={"submission": SUBMISSION, "ingress": WAITS},
         delivery={"command_timeout_seconds": 1.0},
         ingress={"routes": [{"domain": "example.net", "endpoint": "capture"}]},
     )
 
 
 async def send(node: Mailnode, mode: Mode, *rcpts: str, mail_from: str = "a@example.com"):
-    """One SMTP transaction through the exploder: (RCPT replies, DATA reply)."""
-    assert node.service.exploder is not None
-    tx = node.service.exploder.begin(mode=mode, mail_from=mail_from, client=CLIENT)
-    replies = [await tx.add_recipient(rcpt) for rcpt in rcpts]
-    if not any(r.ok for r in replies):
-        await tx.abort()
-        return replies, None
-    return replies, await tx.finish(MESSAGE)
+    """One SMTP transaction over a real client to the listener: (RCPT replies, DATA reply)."""
+    assert node.service.smtp is not None
+    host, port = node.service.smtp.addresses[mode.value]
+    client = aiosmtplib.SMTP(
+        hostname=host, port=port, start_tls=False, local_hostname="client.test", timeout=10
+    )
+    async with client:
+        await client.ehlo()
+        if mode is Mode.SUBMISSION:
+            await client.login(str(node.key_id), node.key)
+        await client.mail(mail_from)
+        replies = [await _command(client, f"RCPT TO:<{rcpt}>") for rcpt in rcpts]
+        if not any(r.ok for r in replies):
+            return replies, None
+        try:
+            reply = await client.data(MESSAGE)
+        except aiosmtplib.SMTPDataError as exc:
+            return replies, Response(exc.code, exc.message)
+        return replies, Response(reply.code, reply.message)
+
+
+async def _command(client: aiosmtplib.SMTP, line: str) -> Response:
+    reply = await client.execute_command(line.encode())
+    return Response(reply.code, reply.message)
 
 
 async def wait_status(node: Mailnode, rcpt: str, status: str, timeout: float = 10.0) -> tuple:
@@ -97,7 +117,7 @@ async def test_ingress_rcpt_timeout_is_450_and_nothing_is_kept(
 @pytest.mark.parametrize(("mode", "rcpt_code"), [(Mode.SUBMISSION, 250), (Mode.INGRESS, 451)])
 async def test_rcpt_4xx(mailnode_factory: MailnodeFactory, sink: Sink, mode: Mode, rcpt_code: int) -> None:
     node = await mailnode_factory(
-        smtp={"submission": WAITS, "ingress": WAITS},
+        smtp={"submission": SUBMISSION, "ingress": WAITS},
         ingress={"routes": [{"domain": "example.org", "endpoint": f"smtp:127.0.0.1:{sink.port}"}]},
     )
     sink.reply_for("busy@example.org", Reply(rcpt="451 4.2.1 mailbox busy"))
@@ -120,7 +140,7 @@ async def test_rcpt_5xx_passes_through_and_nothing_follows(
     mailnode_factory: MailnodeFactory, sink: Sink, mode: Mode
 ) -> None:
     node = await mailnode_factory(
-        smtp={"submission": WAITS, "ingress": WAITS},
+        smtp={"submission": SUBMISSION, "ingress": WAITS},
         ingress={"routes": [{"domain": "example.org", "endpoint": f"smtp:127.0.0.1:{sink.port}"}]},
     )
     sink.reply_for("gone@example.org", Reply(rcpt="550 5.1.1 no such user"))
@@ -146,7 +166,7 @@ async def test_data_answers(
     mailnode_factory: MailnodeFactory, sink: Sink, mode: Mode, upstream: str, client_code: int
 ) -> None:
     node = await mailnode_factory(
-        smtp={"submission": WAITS, "ingress": WAITS},
+        smtp={"submission": SUBMISSION, "ingress": WAITS},
         delivery={"command_timeout_seconds": 1.0},
         ingress={"routes": [{"domain": "example.org", "endpoint": f"smtp:127.0.0.1:{sink.port}"}]},
     )
@@ -172,7 +192,7 @@ async def test_mixed_data_answers_get_250_and_a_dsn_for_the_failure(
     mailnode_factory: MailnodeFactory, sink: Sink, mode: Mode
 ) -> None:
     node = await mailnode_factory(
-        smtp={"submission": WAITS, "ingress": WAITS},
+        smtp={"submission": SUBMISSION, "ingress": WAITS},
         ingress={"routes": [{"domain": "example.org", "endpoint": f"smtp:127.0.0.1:{sink.port}"}]},
     )
     sink.reply_for("nope@example.org", Reply(data="550 5.7.1 rejected"))

@@ -61,6 +61,7 @@ class Mailnode:
 
     service: Service
     key: str
+    key_id: int
     http: aiohttp.ClientSession
     db_path: Path
 
@@ -108,11 +109,11 @@ async def start_mailnode(config: dict[str, Any]) -> Mailnode:
     await service.start()
     assert service.store is not None
     key = new_api_key(secrets.token_bytes)
-    await service.store.add_api_key(
+    record = await service.store.add_api_key(
         name="tests", domain=None, prefix=key_prefix(key), key_hash=key_hash(key), expires_at=None
     )
     db_path = Path(config["storage"]["url"].removeprefix("sqlite+aiosqlite:///"))
-    return Mailnode(service, key, aiohttp.ClientSession(), db_path)
+    return Mailnode(service, key, record.id, aiohttp.ClientSession(), db_path)
 
 
 async def stop_mailnode(node: Mailnode) -> None:
