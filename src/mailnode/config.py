@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -200,13 +201,15 @@ class TlsConfig:
 def _endpoint_spec(value: str) -> str | None:
     if value == "capture":
         return None
+    if value.startswith(("http://", "https://")):
+        return None if urlsplit(value).hostname else "an HTTP receiver URL needs a host"
     kind, _, target = value.partition(":")
     if kind not in ("smtp", "lmtp"):
-        return 'expected "capture", "smtp:host:port" or "lmtp:host:port"'
+        return 'expected "capture", "smtp:host:port", "lmtp:host:port" or an http(s):// URL'
     try:
         HostPort.parse(target)
     except ValueError as exc:
-        return f"{exc} (expected {kind}:host:port; unix sockets and HTTP receivers are not supported yet)"
+        return f"{exc} (expected {kind}:host:port; unix sockets are not supported yet)"
     return None
 
 

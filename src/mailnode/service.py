@@ -58,6 +58,7 @@ class Service:
         self.http_address: tuple[str, int] | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._router: Router | None = None
 
     @property
     def base_url(self) -> str:
@@ -112,6 +113,7 @@ class Service:
             (route, endpoint_from_spec(route.endpoint, config, store)) for route in config.ingress.routes
         ]
         router = Router(build_endpoint(config, store, resolver), routes)
+        self._router = router
         chains = build_chains(config, router, load_dkim_keys(config))
         settings = OutputSettings(
             session_id=self.session_id,
@@ -187,6 +189,8 @@ class Service:
             self.smtp = None
         if self.output is not None:
             await self.output.stop(grace)
+        if self._router is not None:
+            await self._router.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -6,19 +6,14 @@ instead of waiting for real TTLs to pass.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from mailnode.config import config_from_dict
-from mailnode.core.apikey import key_hash, key_prefix, new_api_key
-from mailnode.service import Service
-from tests.support.mailnode import Mailnode, deep_merge, make_config, stop_mailnode
+from tests.support.mailnode import Mailnode, deep_merge, make_config, start_mailnode, stop_mailnode
 from tests.support.sink import Reply, Sink
 
 MESSAGE = (
@@ -61,14 +56,7 @@ async def start(tmp_path: Path, sink: Sink) -> AsyncIterator[Start]:
             "retry": {"initial_delay_seconds": 3600, "max_delay_seconds": 3600},
         }
         config = make_config(tmp_path, sink.port, **deep_merge(base, overrides))
-        service = Service(config_from_dict(config), clock=clock)
-        await service.start()
-        assert service.store is not None
-        key = new_api_key(secrets.token_bytes)
-        await service.store.add_api_key(
-            name="tests", domain=None, prefix=key_prefix(key), key_hash=key_hash(key), expires_at=None
-        )
-        node = Mailnode(service, key, aiohttp.ClientSession(), tmp_path / "mailnode.db")
+        node = await start_mailnode(config, clock=clock)
         started.append(node)
         return node
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import aiohttp
 from mailnode.config import config_from_dict
 from mailnode.core.apikey import key_hash, key_prefix, new_api_key
 from mailnode.service import Service
+from mailnode.storage.store import Clock
 
 
 def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -104,8 +106,8 @@ class Mailnode:
             return connection.execute(sql, args).fetchall()
 
 
-async def start_mailnode(config: dict[str, Any]) -> Mailnode:
-    service = Service(config_from_dict(config))
+async def start_mailnode(config: dict[str, Any], *, clock: Clock = time.time) -> Mailnode:
+    service = Service(config_from_dict(config), clock=clock)
     await service.start()
     assert service.store is not None
     key = new_api_key(secrets.token_bytes)

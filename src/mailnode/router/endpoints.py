@@ -14,6 +14,7 @@ from mailnode.core.address import AddressError, parse_address
 from mailnode.core.outcome import AttemptResult, Stage
 from mailnode.core.response import Response, permanent
 from mailnode.core.transaction import TransactionRecord
+from mailnode.router.http_endpoint import HttpEndpoint
 from mailnode.smtp.client import EnvelopeInfo, MxSession, SmtpOptions, SmtpSession, UpstreamSession
 from mailnode.smtp.mx import MxResolver
 from mailnode.storage.store import Store
@@ -142,9 +143,11 @@ def build_endpoint(config: Config, store: Store, resolver: MxResolver) -> Endpoi
 
 
 def endpoint_from_spec(spec: str, config: Config, store: Store) -> Endpoint:
-    """An ingress route's endpoint: "capture", "smtp:host:port" or "lmtp:host:port"."""
+    """An ingress route's endpoint: "capture", "smtp:host:port", "lmtp:host:port" or a URL."""
     if spec == "capture":
         return CaptureEndpoint(store)
+    if spec.startswith(("http://", "https://")):
+        return HttpEndpoint(spec, timeout=config.delivery.command_timeout_seconds)
     kind, _, target = spec.partition(":")
     address = HostPort.parse(target)
     return RelayEndpoint(spec, address.host, address.port, smtp_options(config, lmtp=kind == "lmtp"))

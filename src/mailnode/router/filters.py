@@ -171,6 +171,13 @@ class Router:
         self._routes = list(ingress_routes)
         self._by_spec = {route: endpoint for route, endpoint in self._routes}
 
+    async def close(self) -> None:
+        """Release what endpoints hold open (an HTTP receiver's connection pool)."""
+        for endpoint in {id(e): e for e in [self._default, *self._by_spec.values()]}.values():
+            close = getattr(endpoint, "close", None)
+            if close is not None:
+                await close()
+
     def route(self, record: TransactionRecord) -> Endpoint | None:
         if record.sender != "ingress":
             return self._default
