@@ -226,6 +226,10 @@ class IngressRoute:
 
     domain: str = field(metadata=_check(_route_domain))
     endpoint: str = field(default="capture", metadata=_check(_endpoint_spec))
+    # Refuse mail whose SPF check fails (550 5.7.23), or that fails DMARC (550 5.7.26).
+    # Otherwise failures are only recorded in the Authentication-Results header.
+    reject_spf_fail: bool = False
+    reject_dmarc_fail: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +238,9 @@ class IngressConfig:
     # (550 5.7.1 relaying denied). "*" is allowed only with the capture endpoint, which
     # never relays.
     routes: tuple[IngressRoute, ...] = (IngressRoute("*", "capture"),)
+    # Check SPF, DKIM, ARC and DMARC of mail arriving on port 25 and record the results in an
+    # Authentication-Results header (RFC 8601). Uses the [dns] resolvers.
+    check_authentication: bool = True
 
 
 FILTERS = ("received_header", "validation", "dkim", "router")

@@ -28,6 +28,7 @@ from mailnode.router.exploder import Exploder
 from mailnode.router.filters import Router, build_chains, load_dkim_keys
 from mailnode.router.output_handler import OutputHandler, OutputSettings
 from mailnode.router.version_cache import VersionCache
+from mailnode.smtp.authcheck import InboundChecker
 from mailnode.smtp.mx import MxResolver
 from mailnode.smtp.server import SmtpListeners
 from mailnode.smtp.tls import ensure_dev_certificate, server_tls_context
@@ -87,7 +88,14 @@ class Service:
         store.subscribe(versions)
         self.output = self._output_handler(store)
         store.subscribe(self.output)
-        self.exploder = Exploder(config, store, self.output, self.session_id)
+        checker = None
+        if config.ingress.check_authentication:
+            checker = InboundChecker(
+                authserv_id=config.smtp_hostname,
+                nameservers=[(ns.host, ns.port or 53) for ns in config.dns.nameservers],
+                timeout=config.dns.timeout_seconds,
+            )
+        self.exploder = Exploder(config, store, self.output, self.session_id, checker)
         self._spawn(self.output.run(), "output-handler")
         self._spawn(self._housekeeping(store), "housekeeping")
         self.smtp = await SmtpListeners.start(

@@ -38,6 +38,9 @@ def make_config(tmp_path: Path, smarthost_port: int | None, **overrides: Any) ->
         },
         "http": {"listen": "127.0.0.1:0"},
         "smtp": {"submission": {"listen": "127.0.0.1:0"}, "ingress": {"listen": "127.0.0.1:0"}},
+        # SPF/DKIM/DMARC lookups would go to the system resolver, which is not on loopback;
+        # the tests that check authentication turn this on with a loopback DNS server.
+        "ingress": {"check_authentication": False},
         "delivery": {
             "mode": "capture",
             "poll_interval_seconds": 0.05,
@@ -99,6 +102,13 @@ class Mailnode:
             if status == 200:
                 tx = body
         return tx
+
+    async def wait_rows(self, sql: str, expected: list[tuple[Any, ...]], timeout: float = 10.0) -> None:
+        """Poll the database until `sql` returns `expected` (state written after a reply)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (rows := self.rows(sql)) != expected:
+            assert asyncio.get_running_loop().time() < deadline, f"{sql}: {rows} != {expected}"
+            await asyncio.sleep(0.02)
 
     def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         """Read the database file directly, the way an operator would."""

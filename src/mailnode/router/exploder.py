@@ -13,11 +13,14 @@ from dataclasses import dataclass
 
 from mailnode.config import Config
 from mailnode.core.exploder import Fate, Mode, data_reply, rcpt_reply
+from mailnode.core.headers import prepend_headers
 from mailnode.core.response import Response
 from mailnode.core.transaction import NewTransaction
 from mailnode.errors import StorageError
 from mailnode.router.cut_through import CutThrough
 from mailnode.router.output_handler import OutputHandler
+from mailnode.router.routes import match_route
+from mailnode.smtp.authcheck import InboundChecker, strip_forged_results
 from mailnode.smtp.client import EnvelopeInfo
 from mailnode.storage.store import Store
 
@@ -25,6 +28,11 @@ log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = Response(451, "4.3.0 internal error, try again later")
 NO_RECIPIENTS = Response(554, "5.5.1 no valid recipients")
+# RFC 7372 §3.2/§3.3: the enhanced codes for SPF and for DMARC (several checks) failures.
+SPF_FAILED = Response(
+    550, "5.7.23 SPF validation failed; the sending host is not allowed to send for this domain"
+)
+DMARC_FAILED = Response(550, "5.7.26 message rejected: it fails the sender domain's DMARC policy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +63,18 @@ class _Timeouts:
 class Exploder:
     """Creates the downstream transactions of both SMTP listeners."""
 
-    def __init__(self, config: Config, store: Store, output: OutputHandler, session_id: str) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        output: OutputHandler,
+        session_id: str,
+        checker: InboundChecker | None = None,
+    ) -> None:
         self._store, self._output, self._session_id = store, output, session_id
+        self._checker = checker
+        self._authserv_id = config.smtp_hostname
+        self._routes = config.ingress.routes
         self._lease_seconds = config.delivery.lease_seconds
         smtp = config.smtp
         session = 2 * smtp.command_timeout_seconds
@@ -161,8 +179,14 @@ class DownstreamTransaction:
         """Commit the message for every accepted recipient, then answer with the table."""
         if not self._accepted:
             return NO_RECIPIENTS
+        refused: dict[int, Response] = {}
+        if self._mode is Mode.INGRESS and self._x._checker is not None:
+            message, refused = await self._authenticate(message)
+        taking = [h for h in self._accepted if id(h) not in refused]
+        if not taking:
+            return self._answer(refused)
         try:
-            await self._x._store.attach_body([h.record.id for h in self._accepted], message)
+            await self._x._store.attach_body([h.record.id for h in taking], message)
         except StorageError:
             log.exception("storing a message failed; answering 451")
             await self.abort()
@@ -170,16 +194,41 @@ class DownstreamTransaction:
         # Committed: from here on, a client that goes away without our answer does not cancel
         # anything. It may send again (a duplicate), but nothing committed is ever dropped.
         self._committed = True
-        for handle in self._accepted:
+        for handle in taking:
             handle.send(message)
-        pending = [h.data_future for h in self._accepted if not h.data_future.done()]
+        pending = [h.data_future for h in taking if not h.data_future.done()]
         if pending:
             await asyncio.wait(pending, timeout=self._timeouts.data)
-        verdict = data_reply(self._mode, [h.data_answer() for h in self._accepted])
+        return self._answer(refused)
+
+    def _answer(self, refused: dict[int, Response]) -> Response:
+        """The client's end-of-DATA reply; settles every accepted delivery's fate."""
+        answers = [refused.get(id(h)) or h.data_answer() for h in self._accepted]
+        verdict = data_reply(self._mode, answers)
         for handle, fate in zip(self._accepted, verdict.fates, strict=True):
-            handle.settle(fate)
+            handle.settle(Fate.DROPPED if id(handle) in refused else fate)
         self._started.clear()
         return verdict.reply
+
+    async def _authenticate(self, message: bytes) -> tuple[bytes, dict[int, Response]]:
+        """SPF, DKIM, ARC and DMARC for mail from outside: the header, and who refuses it."""
+        assert self._x._checker is not None
+        # RFC 8601 §5: results claiming to be ours that arrive from outside are forgeries.
+        message = strip_forged_results(message, self._x._authserv_id)
+        results = await self._x._checker.check(
+            message, client_ip=self._client.address, helo=self._client.helo, mail_from=self._mail_from
+        )
+        refused: dict[int, Response] = {}
+        for handle in self._accepted:
+            route = match_route(self._x._routes, handle.record.rcpt_to.rpartition("@")[2])
+            if route is None:
+                continue
+            if route.reject_spf_fail and results.spf == "fail":
+                refused[id(handle)] = SPF_FAILED
+            elif route.reject_dmarc_fail and results.dmarc == "fail":
+                refused[id(handle)] = DMARC_FAILED
+        log.info("authentication spf=%s dkim=%s dmarc=%s", results.spf, results.dkim, results.dmarc)
+        return prepend_headers(message, [results.header]), refused
 
     async def abort(self) -> None:
         """The client left before our answer: cancel what it started, unless already committed."""
