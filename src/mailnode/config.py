@@ -165,6 +165,10 @@ class IngressListenerConfig:
     listen: HostPort = HostPort("127.0.0.1", 2525)
     rcpt_timeout_seconds: float = field(default=30.0, metadata=_check(_non_negative))
     data_timeout_seconds: float = field(default=300.0, metadata=_check(_non_negative))
+    # Refuse clients whose address has no forward-confirmed reverse DNS name (550 5.7.25), or
+    # whose HELO/EHLO name does not resolve to their address (550 5.7.1). Checked at MAIL.
+    require_fcrdns: bool = False
+    require_helo_match: bool = False
 
 
 @dataclass(frozen=True, slots=True)

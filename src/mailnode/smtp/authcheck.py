@@ -43,7 +43,7 @@ import dns.resolver
 import spf
 from publicsuffixlist import PublicSuffixList
 
-from mailnode.errors import ConfigError
+from mailnode.smtp.resolvers import make_resolver
 
 log = logging.getLogger(__name__)
 
@@ -214,19 +214,7 @@ class InboundChecker:
         # Empty nameservers: the system resolver (/etc/resolv.conf). `timeout` bounds a whole check.
         self.authserv_id = authserv_id
         self._timeout = timeout
-        if nameservers:
-            self._resolver = dns.resolver.Resolver(configure=False)
-            self._resolver.nameservers = [
-                dns.nameserver.Do53Nameserver(host, port) for host, port in nameservers
-            ]
-        else:
-            try:
-                self._resolver = dns.resolver.Resolver()
-            except dns.resolver.NoResolverConfiguration as exc:
-                raise ConfigError(
-                    "no usable system DNS configuration (/etc/resolv.conf); "
-                    "configure the DNS nameservers explicitly"
-                ) from exc
+        self._resolver = make_resolver(nameservers, kind="sync")
         self._suffixes = _public_suffix_list()  # parsed once (~0.1 s), not on the first message
 
     async def check(

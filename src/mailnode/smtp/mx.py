@@ -17,7 +17,8 @@ import dns.resolver
 
 from mailnode.core.outcome import Stage
 from mailnode.core.response import Response
-from mailnode.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
+from mailnode.errors import PermanentDeliveryError, TransientDeliveryError
+from mailnode.smtp.resolvers import make_resolver
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +56,7 @@ class MxResolver:
     ) -> None:
         # Empty nameservers: the system resolver (/etc/resolv.conf). rng shuffles MX hosts of
         # equal preference (RFC 5321 §5.1 SHOULD); None means a fresh random.Random().
-        if nameservers:
-            self._resolver = dns.asyncresolver.Resolver(configure=False)
-            self._resolver.nameservers = [
-                dns.nameserver.Do53Nameserver(host, port) for host, port in nameservers
-            ]
-        else:
-            try:
-                self._resolver = dns.asyncresolver.Resolver()
-            except dns.resolver.NoResolverConfiguration as exc:
-                raise ConfigError(
-                    "no usable system DNS configuration (/etc/resolv.conf); "
-                    "configure the DNS nameservers for delivery explicitly"
-                ) from exc
+        self._resolver = make_resolver(nameservers, kind="async")
         self._timeout = timeout
         self._rng = rng if rng is not None else random.Random()
         self._max_destinations = max_destinations

@@ -33,6 +33,7 @@ from mailnode.errors import ConfigError, MailnodeError
 from mailnode.router.exploder import DownstreamTransaction, Exploder, SmtpClient
 from mailnode.router.routes import match_route
 from mailnode.smtp.auth import DEFAULT_THROTTLE, AuthThrottle, ThrottleSettings, authenticate, sender_allowed
+from mailnode.smtp.peer import CHECK_UNAVAILABLE, FCRDNS_FAILED, HELO_FAILED, DnsUnavailable, PeerChecker
 from mailnode.storage.store import ApiKeyRecord, Store
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,11 @@ class SmtpListeners:
         self.clock = clock
         self.sleep = sleep
         self.throttle = AuthThrottle(throttle, clock)
+        ingress = config.smtp.ingress
+        self.peer_checker: PeerChecker | None = None
+        if ingress.require_fcrdns or ingress.require_helo_match:
+            nameservers = [(ns.host, ns.port or 53) for ns in config.dns.nameservers]
+            self.peer_checker = PeerChecker(nameservers, timeout=config.dns.timeout_seconds)
         self.addresses: dict[str, tuple[str, int]] = {}
         self._listeners: list[_Listener] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -253,6 +259,8 @@ class _Session(SMTP):
         self.api_key: ApiKeyRecord | None = None
         self.transaction: DownstreamTransaction | None = None
         self.transactions = 0
+        self.peer_refusal: str | None = None  # the peer checks' answer, once made (per session)
+        self.peer_checked_helo: str | None = None
         self.rcpt_attempts = 0
         self._busy = 0
         self._greeted = False
@@ -498,6 +506,11 @@ class _Handler:
             return _Reply(AUTH_REQUIRED)
         if not envelope.smtp_utf8 and not address.isascii():
             return _Reply("553 5.6.7 a non-ASCII address needs MAIL FROM:<...> SMTPUTF8 (RFC 6531)")
+        if listener.mode is Mode.INGRESS and listener.owner.peer_checker is not None:
+            with server.busy():
+                refusal = await _check_peer(server, listener.owner.peer_checker)
+            if refusal is not None:
+                return _Reply(refusal)
         try:
             sender = parse_reverse_path("" if address == "<>" else address)
         except AddressError as exc:
@@ -632,6 +645,29 @@ class _Handler:
 
 
 _HANDLER = _Handler()
+
+
+async def _check_peer(server: _Session, checker: PeerChecker) -> str | None:
+    """The refusal for a client that fails [smtp.ingress]'s DNS policies, made once per HELO."""
+    helo = server.session.host_name if server.session else None
+    if server.peer_checked_helo == helo and helo is not None:
+        return server.peer_refusal
+    ingress = server.listener.owner.config.smtp.ingress
+    ip = server.peer_ip
+    refusal = None
+    try:
+        if ip is None:
+            refusal = FCRDNS_FAILED if ingress.require_fcrdns else HELO_FAILED
+        elif ingress.require_fcrdns and await checker.fcrdns(ip) is None:
+            refusal = FCRDNS_FAILED
+        elif ingress.require_helo_match and not (helo and await checker.helo_resolves_to(helo, ip)):
+            refusal = HELO_FAILED
+    except DnsUnavailable:
+        return CHECK_UNAVAILABLE  # not cached: the next MAIL asks again
+    server.peer_checked_helo, server.peer_refusal = helo, refusal
+    if refusal is not None:
+        log.info("smtp session=%s refused by peer checks: %s", server.name, refusal)
+    return refusal
 
 
 def split_path(arg: str) -> tuple[str | None, str | None]:
