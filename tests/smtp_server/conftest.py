@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import sqlite3
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -12,14 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import update
 
 from mailnode.core.apikey import key_hash, key_prefix, new_api_key
 from mailnode.smtp.auth import ThrottleSettings
 from mailnode.smtp.server import SmtpListeners
 from mailnode.smtp.tls import ensure_dev_certificate, server_tls_context
 from mailnode.storage.store import ApiKeyRecord
-from mailnode.storage.tables import api_keys
 from tests.support.mailnode import Mailnode, deep_merge, make_config, start_mailnode, stop_mailnode
 from tests.support.sink import Sink
 
@@ -82,12 +81,9 @@ class Smtp:
         return key, record
 
     async def deactivate(self, record: ApiKeyRecord) -> None:
-        store = self.node.service.store
-        assert store is not None
-        async with store.engine.begin() as conn:
-            await conn.execute(
-                update(api_keys).where(api_keys.c.id == record.id).values(deactivated_at=self.clock())
-            )
+        """Deactivate a key in the database file, as an operator's tool would."""
+        with contextlib.closing(sqlite3.connect(self.node.db_path)) as db, db:
+            db.execute("UPDATE api_keys SET deactivated_at = ? WHERE id = ?", (self.clock(), record.id))
 
     def statuses(self) -> list[str]:
         return [row[0] for row in self.node.rows("SELECT status FROM transactions ORDER BY id")]

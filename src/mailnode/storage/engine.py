@@ -1,4 +1,17 @@
-"""The engine, and the one place that knows about SQLite."""
+"""The engine, and the one place that knows about SQLite.
+
+The Store runs each of its operations as one unit of synchronous SQLAlchemy work in a database
+thread (see storage/threads.py), so the engine is a plain synchronous one. `[storage] url`
+keeps naming the asyncio drivers it always named (the default is `sqlite+aiosqlite:///...`):
+such a URL is mapped to the synchronous driver for the same database, so existing configs keep
+working unchanged:
+
+    sqlite+aiosqlite            -> sqlite+pysqlite (the stdlib sqlite3 module)
+    postgresql+asyncpg          -> postgresql+psycopg
+    postgresql+psycopg_async    -> postgresql+psycopg
+
+Any other URL is used as it is.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +19,52 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import Engine, event
+from sqlalchemy import create_engine as sqlalchemy_create_engine
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import StaticPool
 
 log = logging.getLogger(__name__)
 
-# Execution option the Store sets on connections that will write. SQLite then takes the write
+# Execution option the Store sets on the connection that writes. SQLite then takes the write
 # lock at BEGIN; other databases ignore it.
 WRITE_OPTION = "mailnode_write"
 
+SYNC_DRIVERS = {
+    "sqlite+aiosqlite": "sqlite+pysqlite",
+    "postgresql+asyncpg": "postgresql+psycopg",
+    "postgresql+psycopg_async": "postgresql+psycopg",
+}
 
-def create_engine(url: str, *, sqlite_synchronous: str = "full") -> AsyncEngine:
-    """An async engine for `url`; for SQLite: WAL, foreign keys on, a busy timeout."""
+
+def sync_url(url: str) -> URL:
+    """`url` with an asyncio driver replaced by the synchronous driver for the same database."""
     parsed = make_url(url)
+    driver = SYNC_DRIVERS.get(parsed.drivername)
+    return parsed if driver is None else parsed.set(drivername=driver)
+
+
+def create_engine(url: str, *, sqlite_synchronous: str = "full") -> Engine:
+    """A synchronous engine for `url`; for SQLite: WAL, foreign keys on, a busy timeout."""
+    parsed = sync_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_async_engine(url, pool_pre_ping=True)
+        return sqlalchemy_create_engine(parsed, pool_pre_ping=True)
     database = parsed.database or ""
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url)
+        # A file database: one pooled sqlite3 connection per database thread. The Store's
+        # threads each keep theirs, so a connection is only ever used by one thread at a time
+        # (SQLAlchemy already turns check_same_thread off with this pool).
+        engine = sqlalchemy_create_engine(parsed)
+    else:
+        # An in-memory database exists once per sqlite3 connection: everything shares one,
+        # and the Store runs reads on its writer thread (see concurrent_readers).
+        engine = sqlalchemy_create_engine(
+            parsed, poolclass=StaticPool, connect_args={"check_same_thread": False}
+        )
     synchronous = {"full": "FULL", "normal": "NORMAL"}[sqlite_synchronous]
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # The driver's own transaction handling is turned off so that BEGIN IMMEDIATE (below)
         # takes the write lock up front: a read-then-write transaction never fails half way.
@@ -43,13 +79,23 @@ def create_engine(url: str, *, sqlite_synchronous: str = "full") -> AsyncEngine:
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         writing = connection.get_execution_options().get(WRITE_OPTION, False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
+        # Straight to the driver: this runs for every unit of work, and needs no result.
+        connection.connection.dbapi_connection.execute("BEGIN IMMEDIATE" if writing else "BEGIN")
 
     return engine
 
 
-def is_sqlite(engine: AsyncEngine) -> bool:
+def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+def concurrent_readers(engine: Engine) -> bool:
+    """Whether reads may run on their own connections beside the writer's.
+
+    Not for an in-memory SQLite database, whose one connection is the whole database; WAL lets
+    file databases (and other databases anyway) read while the writer writes.
+    """
+    return not isinstance(engine.pool, StaticPool)

@@ -11,10 +11,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from sqlalchemy import Connection, func, inspect, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Connection, Engine, func, inspect, select
 
 from mailnode.errors import StorageError
+from mailnode.storage.engine import WRITE_OPTION
 from mailnode.storage.tables import SCHEMA_VERSION, metadata, schema_migrations
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,10 @@ def _migrate(connection: Connection) -> tuple[int | None, int]:
     return current, SCHEMA_VERSION
 
 
-async def migrate(engine: AsyncEngine) -> tuple[int | None, int]:
-    """Bring the schema up to date; returns (version before, version after)."""
-    async with engine.begin() as connection:
-        return await connection.run_sync(_migrate)
+def migrate(engine: Engine) -> tuple[int | None, int]:
+    """Bring the schema up to date; returns (version before, version after). Blocks."""
+    with engine.connect() as connection:
+        # Take the write lock up front: two processes starting at once migrate one after the other.
+        connection.execution_options(**{WRITE_OPTION: True})
+        with connection.begin():
+            return _migrate(connection)

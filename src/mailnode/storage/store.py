@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-import functools
+import json
 import logging
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, cast
 
-from sqlalchemy import Row, and_, delete, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Executable,
+    Integer,
+    Row,
+    Select,
+    and_,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mailnode.core.outcome import AttemptResult, Decision, FinalReason, Status, check_transition
 from mailnode.core.response import Response
@@ -30,7 +42,7 @@ from mailnode.core.transaction import (
     UploadBlob,
 )
 from mailnode.errors import BlobRangeError, ConflictError, NotFoundError, StorageError
-from mailnode.storage.engine import WRITE_OPTION, create_engine
+from mailnode.storage.engine import concurrent_readers, create_engine
 from mailnode.storage.migrations import migrate
 from mailnode.storage.tables import (
     api_keys,
@@ -42,32 +54,14 @@ from mailnode.storage.tables import (
     transaction_blobs,
     transactions,
 )
+from mailnode.storage.threads import DatabaseThreads
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-T = TypeVar("T")
-P = ParamSpec("P")
 
-
-def shielded(
-    method: Callable[Concatenate[Store, P], Coroutine[Any, Any, T]],
-) -> Callable[Concatenate[Store, P], Coroutine[Any, Any, T]]:
-    """Run a write to completion even if its caller is cancelled.
-
-    A transaction cut off half way by a cancellation can leave the driver's connection holding
-    the write lock; shielding lets it commit or roll back whole. The Store tracks the task so
-    close() waits for it.
-    """
-
-    async def wrapper(self: Store, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        task = asyncio.ensure_future(method(self, *args, **kwargs))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
-        return await asyncio.shield(task)
-
-    functools.update_wrapper(wrapper, method)
-    return wrapper
+# Reads run beside the writer (SQLite's WAL lets them); a few threads are plenty for short reads.
+READER_THREADS = 4
 
 
 def new_rest_id() -> str:
@@ -107,11 +101,16 @@ class CaptureRecord:
 
 
 class Store:
-    """Durable state on a SQLAlchemy URL (SQLite by default, PostgreSQL by changing the URL)."""
+    """Durable state on a SQLAlchemy URL (SQLite by default, PostgreSQL by changing the URL).
+
+    Each public method is one unit of synchronous SQLAlchemy work in a database thread
+    (storage/threads.py): writes one at a time on the writer thread, each in one transaction;
+    reads on a few reader threads beside it. Listeners hear of a write once it has committed.
+    """
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: Engine,
         *,
         clock: Clock = time.time,
         new_id: Callable[[], str] = new_rest_id,
@@ -120,7 +119,12 @@ class Store:
         self.clock = clock
         self._new_id = new_id
         self._listeners: list[StoreListener] = []
-        self._writes: set[asyncio.Future[Any]] = set()
+        self._writer = DatabaseThreads(engine, threads=1, write=True, name="mailnode-db-writer")
+        self._readers = (
+            DatabaseThreads(engine, threads=READER_THREADS, write=False, name="mailnode-db-reader")
+            if concurrent_readers(engine)
+            else self._writer
+        )
 
     @classmethod
     async def open(
@@ -134,17 +138,20 @@ class Store:
         """Connect, apply migrations, and return a ready Store."""
         engine = create_engine(url, sqlite_synchronous=sqlite_synchronous)
         try:
-            await migrate(engine)
+            await asyncio.to_thread(migrate, engine)
         except SQLAlchemyError as exc:
-            await engine.dispose()
+            engine.dispose()
             raise StorageError(f"cannot open database {url}: {exc}") from exc
+        except BaseException:
+            engine.dispose()
+            raise
         return cls(engine, clock=clock, new_id=new_id)
 
     async def close(self) -> None:
-        """Wait for writes still running (shielded from cancelled callers), then disconnect."""
-        if self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
-        await self.engine.dispose()
+        """Wait for the writes queued so far (those of cancelled callers too), then disconnect."""
+        await self._writer.close()
+        await self._readers.close()
+        await asyncio.to_thread(self.engine.dispose)
 
     def subscribe(self, listener: StoreListener) -> None:
         self._listeners.append(listener)
@@ -157,53 +164,32 @@ class Store:
             for listener in self._listeners:
                 listener.queued()
 
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self.engine.connect() as connection:
-                connection = await connection.execution_options(**{WRITE_OPTION: True})
-                async with connection.begin():
-                    yield connection
-        except SQLAlchemyError as exc:
-            raise StorageError(f"database write failed: {exc.__class__.__name__}: {exc}") from exc
-
-    @asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self.engine.connect() as connection:
-                yield connection
-        except SQLAlchemyError as exc:
-            raise StorageError(f"database read failed: {exc.__class__.__name__}: {exc}") from exc
-
     # -- sessions ------------------------------------------------------------------------
 
-    @shielded
     async def register_session(self, session_id: str) -> None:
         now = self.clock()
-        async with self._write() as conn:
-            await conn.execute(sessions.insert().values(id=session_id, started_at=now, heartbeat_at=now))
+        await self._writer.run(
+            _statements(sessions.insert().values(id=session_id, started_at=now, heartbeat_at=now))
+        )
 
-    @shielded
     async def heartbeat(self, session_id: str) -> None:
-        async with self._write() as conn:
-            await conn.execute(
-                update(sessions).where(sessions.c.id == session_id).values(heartbeat_at=self.clock())
-            )
+        await self._writer.run(
+            _statements(update(sessions).where(sessions.c.id == session_id).values(heartbeat_at=self.clock()))
+        )
 
-    @shielded
     async def end_session(self, session_id: str) -> None:
         """Forget a session and hand its leases back (graceful stop)."""
-        async with self._write() as conn:
-            await conn.execute(
+        await self._writer.run(
+            _statements(
                 update(transactions)
                 .where(transactions.c.lease_owner == session_id)
-                .values(lease_owner=None, lease_expires_at=None)
+                .values(lease_owner=None, lease_expires_at=None),
+                delete(sessions).where(sessions.c.id == session_id),
             )
-            await conn.execute(delete(sessions).where(sessions.c.id == session_id))
+        )
 
     # -- transactions --------------------------------------------------------------------
 
-    @shielded
     async def create_transaction(
         self, new: NewTransaction, *, lease_owner: str | None = None, lease_seconds: float = 0.0
     ) -> TransactionRecord:
@@ -212,30 +198,37 @@ class Store:
         With `lease_owner` the delivery is created leased to that session with its first
         attempt started: the SMTP exploder drives it at once (cut-through).
         """
-        async with self._write() as conn:
-            record = await self._insert_transaction(
-                conn, new, self.clock(), lease_owner=lease_owner, lease_seconds=lease_seconds
-            )
-        self._notify([record], queued=record.status is Status.QUEUED and lease_owner is None)
-        return record
+        now = self.clock()
 
-    async def _insert_transaction(
+        def committed(record: TransactionRecord) -> None:
+            self._notify([record], queued=record.status is Status.QUEUED and lease_owner is None)
+
+        return await self._writer.run(
+            lambda conn: self._insert_transaction(
+                conn, new, now, lease_owner=lease_owner, lease_seconds=lease_seconds
+            ),
+            on_commit=committed,
+        )
+
+    def _insert_transaction(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         new: NewTransaction,
         now: float,
         *,
         lease_owner: str | None = None,
         lease_seconds: float = 0.0,
     ) -> TransactionRecord:
-        refs: list[tuple[str, int, bool]] = []  # (name, blob id, finalized)
-        for source in new.blobs:
-            refs.append((source.name, *await self._blob_for(conn, source, now)))
-        input_done = not new.body_later and all(finalized for _, _, finalized in refs)
+        refs = [self._blob_for(conn, source, now) for source in new.blobs]
+        input_done = not new.body_later and all(status.finalized for _, status in refs)
         status = Status.QUEUED if input_done else Status.AWAITING_BODY
-        result = await conn.execute(
-            transactions.insert().values(
-                rest_id=self._new_id(),
+        rest_id = self._new_id()
+        next_attempt_at = now if input_done else None
+        attempt_count = 0 if lease_owner is None else 1
+        result = conn.execute(
+            _INSERT_TRANSACTION,
+            dict(
+                rest_id=rest_id,
                 sender=new.sender,
                 mail_from=new.mail_from,
                 rcpt_to=new.rcpt_to,
@@ -244,8 +237,8 @@ class Store:
                 version=1,
                 created_at=now,
                 updated_at=now,
-                next_attempt_at=now if input_done else None,
-                attempt_count=0 if lease_owner is None else 1,
+                next_attempt_at=next_attempt_at,
+                attempt_count=attempt_count,
                 lease_owner=lease_owner,
                 lease_expires_at=None if lease_owner is None else now + lease_seconds,
                 retry=new.retry,
@@ -256,33 +249,51 @@ class Store:
                 protocol=new.protocol,
                 api_key_id=new.api_key_id,
                 parent_id=new.parent_id,
-            )
+            ),
         )
         tx_id = _inserted_id(result)
+        latest = None
         if lease_owner is not None:
-            await conn.execute(attempts.insert().values(transaction_id=tx_id, number=1, started_at=now))
+            conn.execute(_INSERT_ATTEMPT, {"transaction_id": tx_id, "number": 1, "started_at": now})
+            latest = AttemptRecord(1, now, None, None, None, None, None)
         if refs:
-            await conn.execute(
-                transaction_blobs.insert(),
-                [{"transaction_id": tx_id, "name": name, "blob_id": blob_id} for name, blob_id, _ in refs],
+            conn.execute(
+                _INSERT_TRANSACTION_BLOB,
+                [{"transaction_id": tx_id, "name": s.name, "blob_id": blob_id} for blob_id, s in refs],
             )
-        (record,) = await self._load(conn, [tx_id])
-        return record
+        # Built from the values just written rather than read back: it equals what a read returns.
+        return TransactionRecord(
+            id=tx_id,
+            rest_id=rest_id,
+            sender=new.sender,
+            mail_from=new.mail_from,
+            rcpt_to=new.rcpt_to,
+            status=status,
+            version=1,
+            created_at=now,
+            updated_at=now,
+            next_attempt_at=next_attempt_at,
+            attempt_count=attempt_count,
+            final_attempt_reason=None,
+            cancelled=False,
+            retry=new.retry,
+            bounce=new.bounce,
+            protocol=new.protocol,
+            client_address=new.client_address,
+            client_helo=new.client_helo,
+            parent_id=new.parent_id,
+            message_builder=_as_stored(new.message_builder),
+            blobs=_sorted_blobs(s for _, s in refs),
+            latest_attempt=latest,
+        )
 
-    async def _blob_for(
-        self, conn: AsyncConnection, source: InlineBlob | UploadBlob | ReusedBlob, now: float
-    ) -> tuple[int, bool]:
+    @staticmethod
+    def _blob_for(
+        conn: Connection, source: InlineBlob | UploadBlob | ReusedBlob, now: float
+    ) -> tuple[int, BlobStatus]:
         if isinstance(source, ReusedBlob):
-            row = (
-                await conn.execute(
-                    select(blobs.c.id, blobs.c.stored_length, blobs.c.total_length)
-                    .join(transaction_blobs, transaction_blobs.c.blob_id == blobs.c.id)
-                    .join(transactions, transactions.c.id == transaction_blobs.c.transaction_id)
-                    .where(
-                        transactions.c.rest_id == source.source_rest_id,
-                        transaction_blobs.c.name == source.source_name,
-                    )
-                )
+            row = conn.execute(
+                _REUSED_BLOB, {"rest_id": source.source_rest_id, "blob_name": source.source_name}
             ).first()
             if row is None:
                 raise NotFoundError(
@@ -290,31 +301,21 @@ class Store:
                 )
             if row.total_length is None or row.stored_length != row.total_length:
                 raise ConflictError(f"blob {source.source_name!r} is not completely uploaded yet")
-            return row.id, True
+            return row.id, BlobStatus(source.name, row.stored_length, row.total_length)
         data = source.data if isinstance(source, InlineBlob) else b""
         total = len(data) if isinstance(source, InlineBlob) else None
-        result = await conn.execute(
-            blobs.insert().values(stored_length=len(data), total_length=total, created_at=now)
+        result = conn.execute(
+            _INSERT_BLOB, {"stored_length": len(data), "total_length": total, "created_at": now}
         )
         blob_id = _inserted_id(result)
         if data:
-            await conn.execute(blob_chunks.insert().values(blob_id=blob_id, offset=0, data=data))
-        return blob_id, total is not None
+            conn.execute(_INSERT_CHUNK, {"blob_id": blob_id, "offset": 0, "data": data})
+        return blob_id, BlobStatus(source.name, len(data), total)
 
     async def get_transaction(self, rest_id: str) -> TransactionRecord | None:
-        async with self._read() as conn:
-            tx_id = await self._id_for(conn, rest_id)
-            if tx_id is None:
-                return None
-            (record,) = await self._load(conn, [tx_id])
-            return record
+        found = await self._readers.run(lambda conn: _load_rows(conn, _LOAD_BY_REST_ID, rest_id=rest_id))
+        return found[0][1] if found else None
 
-    async def _id_for(self, conn: AsyncConnection, rest_id: str) -> int | None:
-        return (
-            await conn.execute(select(transactions.c.id).where(transactions.c.rest_id == rest_id))
-        ).scalar()
-
-    @shielded
     async def append_blob(
         self, rest_id: str, name: str, start: int, data: bytes, total: int | None
     ) -> BlobStatus:
@@ -324,32 +325,36 @@ class Store:
         failed upload from an earlier offset; one that leaves a gap raises BlobRangeError.
         """
         now = self.clock()
-        async with self._write() as conn:
-            row = (
-                await conn.execute(
-                    select(
-                        transactions.c.id.label("tx_id"),
-                        transactions.c.status,
-                        blobs.c.id.label("blob_id"),
-                        blobs.c.stored_length,
-                        blobs.c.total_length,
-                    )
-                    .join(transaction_blobs, transaction_blobs.c.transaction_id == transactions.c.id)
-                    .join(blobs, blobs.c.id == transaction_blobs.c.blob_id)
-                    .where(transactions.c.rest_id == rest_id, transaction_blobs.c.name == name)
-                )
-            ).first()
-            if row is None:
-                raise NotFoundError(f"no blob {name!r} in transaction {rest_id!r}")
-            status = self._apply_chunk(row, name, start, data, total)
-            if status.stored_length > row.stored_length or status.total_length != row.total_length:
-                await self._store_chunk(conn, row, status, data[row.stored_length - start :])
-                record = await self._after_upload(conn, row.tx_id, Status(row.status), now)
-            else:
-                record = None
-        if record is not None:
-            self._notify([record], queued=record.status is Status.QUEUED)
+
+        def committed(result: tuple[BlobStatus, TransactionRecord | None]) -> None:
+            _, record = result
+            if record is not None:
+                self._notify([record], queued=record.status is Status.QUEUED)
+
+        status, _ = await self._writer.run(
+            lambda conn: self._append_blob(conn, rest_id, name, start, data, total, now),
+            on_commit=committed,
+        )
         return status
+
+    def _append_blob(
+        self,
+        conn: Connection,
+        rest_id: str,
+        name: str,
+        start: int,
+        data: bytes,
+        total: int | None,
+        now: float,
+    ) -> tuple[BlobStatus, TransactionRecord | None]:
+        row = conn.execute(_UPLOAD_TARGET, {"rest_id": rest_id, "blob_name": name}).first()
+        if row is None:
+            raise NotFoundError(f"no blob {name!r} in transaction {rest_id!r}")
+        status = self._apply_chunk(row, name, start, data, total)
+        if status.stored_length == row.stored_length and status.total_length == row.total_length:
+            return status, None
+        self._store_chunk(conn, row, status, data[row.stored_length - start :])
+        return status, self._after_upload(conn, row.tx_id, now)
 
     @staticmethod
     def _apply_chunk(row: Any, name: str, start: int, data: bytes, total: int | None) -> BlobStatus:
@@ -369,171 +374,156 @@ class Store:
         return BlobStatus(name, max(stored, end), total)
 
     @staticmethod
-    async def _store_chunk(conn: AsyncConnection, row: Any, status: BlobStatus, new_tail: bytes) -> None:
+    def _store_chunk(conn: Connection, row: Any, status: BlobStatus, new_tail: bytes) -> None:
         if new_tail:
-            await conn.execute(
-                blob_chunks.insert().values(blob_id=row.blob_id, offset=row.stored_length, data=new_tail)
+            conn.execute(
+                _INSERT_CHUNK, {"blob_id": row.blob_id, "offset": row.stored_length, "data": new_tail}
             )
-        await conn.execute(
-            update(blobs)
-            .where(blobs.c.id == row.blob_id)
-            .values(stored_length=status.stored_length, total_length=status.total_length)
+        conn.execute(
+            _UPDATE_BLOB,
+            {"id_": row.blob_id, "stored_length": status.stored_length, "total_length": status.total_length},
         )
 
-    async def _after_upload(
-        self, conn: AsyncConnection, tx_id: int, status: Status, now: float
-    ) -> TransactionRecord:
-        (record,) = await self._load(conn, [tx_id])
-        values: dict[str, Any] = {"version": transactions.c.version + 1, "updated_at": now}
-        if status is Status.AWAITING_BODY and record.input_done:
-            check_transition(status, Status.QUEUED)
+    @staticmethod
+    def _after_upload(conn: Connection, tx_id: int, now: float) -> TransactionRecord:
+        (record,) = _load(conn, [tx_id])
+        values: dict[str, Any] = {"id_": tx_id, "updated_at": now}
+        changes: dict[str, Any] = {"version": record.version + 1, "updated_at": now}
+        if record.status is Status.AWAITING_BODY and record.input_done:
+            check_transition(record.status, Status.QUEUED)
             values.update(status=Status.QUEUED.value, next_attempt_at=now)
-        await conn.execute(update(transactions).where(transactions.c.id == tx_id).values(**values))
-        (record,) = await self._load(conn, [tx_id])
-        return record
+            changes.update(status=Status.QUEUED, next_attempt_at=now)
+        conn.execute(_UPDATE_TRANSACTION, values)
+        return replace(record, **changes)
 
-    @shielded
     async def attach_body(self, tx_ids: Sequence[int], data: bytes) -> list[TransactionRecord]:
         """Store one body for deliveries created with `body_later`, shared by all of them."""
         now = self.clock()
-        async with self._write() as conn:
-            blob_id, _ = await self._blob_for(conn, InlineBlob(BODY, data), now)
-            await conn.execute(
-                transaction_blobs.insert(),
-                [{"transaction_id": tx_id, "name": BODY, "blob_id": blob_id} for tx_id in tx_ids],
-            )
-            await conn.execute(
-                update(transactions)
-                .where(transactions.c.id.in_(tx_ids), transactions.c.status == Status.AWAITING_BODY.value)
-                .values(
-                    status=Status.QUEUED.value,
-                    next_attempt_at=now,
-                    updated_at=now,
-                    version=transactions.c.version + 1,
-                )
-            )
-            records = await self._load(conn, list(tx_ids))
-        self._notify(records, queued=False)
-        return records
+        ids = list(tx_ids)
+        return await self._writer.run(
+            lambda conn: self._attach_body(conn, ids, data, now),
+            on_commit=lambda records: self._notify(records, queued=False),
+        )
 
-    @shielded
+    def _attach_body(
+        self, conn: Connection, ids: list[int], data: bytes, now: float
+    ) -> list[TransactionRecord]:
+        blob_id, _ = self._blob_for(conn, InlineBlob(BODY, data), now)
+        conn.execute(
+            _INSERT_TRANSACTION_BLOB,
+            [{"transaction_id": tx_id, "name": BODY, "blob_id": blob_id} for tx_id in ids],
+        )
+        conn.execute(
+            update(transactions)
+            .where(transactions.c.id.in_(ids), transactions.c.status == Status.AWAITING_BODY.value)
+            .values(
+                status=Status.QUEUED.value,
+                next_attempt_at=now,
+                updated_at=now,
+                version=transactions.c.version + 1,
+            )
+        )
+        return _load(conn, ids)
+
     async def cancel(self, rest_id: str) -> TransactionRecord:
         """Cancel a delivery that is not finished; a finished one keeps its outcome."""
         now = self.clock()
-        async with self._write() as conn:
-            tx_id = await self._id_for(conn, rest_id)
-            if tx_id is None:
-                raise NotFoundError(f"no transaction {rest_id!r}")
-            (record,) = await self._load(conn, [tx_id])
-            if record.status.final:
-                return record
-            check_transition(record.status, Status.CANCELLED)
-            await conn.execute(
-                update(transactions)
-                .where(transactions.c.id == tx_id)
-                .values(
-                    status=Status.CANCELLED.value,
-                    cancelled=True,
-                    final_attempt_reason=FinalReason.CANCELLED.value,
-                    finished_at=now,
-                    next_attempt_at=None,
-                    updated_at=now,
-                    version=transactions.c.version + 1,
-                )
-            )
-            (record,) = await self._load(conn, [tx_id])
-        self._notify([record], queued=False)
+
+        def committed(result: tuple[TransactionRecord, bool]) -> None:
+            record, changed = result
+            if changed:
+                self._notify([record], queued=False)
+
+        record, _ = await self._writer.run(lambda conn: self._cancel(conn, rest_id, now), on_commit=committed)
         return record
+
+    @staticmethod
+    def _cancel(conn: Connection, rest_id: str, now: float) -> tuple[TransactionRecord, bool]:
+        found = _load_rows(conn, _LOAD_BY_REST_ID, rest_id=rest_id)
+        if not found:
+            raise NotFoundError(f"no transaction {rest_id!r}")
+        ((_, record),) = found
+        if record.status.final:
+            return record, False
+        check_transition(record.status, Status.CANCELLED)
+        conn.execute(
+            _UPDATE_TRANSACTION,
+            {
+                "id_": record.id,
+                "status": Status.CANCELLED.value,
+                "cancelled": True,
+                "final_attempt_reason": FinalReason.CANCELLED.value,
+                "finished_at": now,
+                "next_attempt_at": None,
+                "updated_at": now,
+            },
+        )
+        cancelled = replace(
+            record,
+            status=Status.CANCELLED,
+            cancelled=True,
+            final_attempt_reason=FinalReason.CANCELLED.value,
+            next_attempt_at=None,
+            updated_at=now,
+            version=record.version + 1,
+        )
+        return cancelled, True
 
     # -- the output handler's side -------------------------------------------------------
 
-    @shielded
     async def claim_due(self, owner: str, *, limit: int, lease_seconds: float) -> list[TransactionRecord]:
         """Lease up to `limit` due deliveries to `owner` and start an attempt of each."""
         now = self.clock()
-        async with self._write() as conn:
-            due = (
-                await conn.execute(
-                    select(transactions.c.id, transactions.c.attempt_count)
-                    .where(
-                        transactions.c.status == Status.QUEUED.value,
-                        transactions.c.next_attempt_at <= now,
-                        or_(
-                            transactions.c.lease_owner.is_(None),
-                            transactions.c.lease_expires_at < now,
-                        ),
-                    )
-                    .order_by(transactions.c.next_attempt_at)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
-            if not due:
-                return []
-            ids = [row.id for row in due]
-            await conn.execute(
-                update(transactions)
-                .where(transactions.c.id.in_(ids))
-                .values(
-                    lease_owner=owner,
-                    lease_expires_at=now + lease_seconds,
-                    attempt_count=transactions.c.attempt_count + 1,
-                    version=transactions.c.version + 1,
-                    updated_at=now,
-                )
-            )
-            await conn.execute(
-                attempts.insert(),
-                [
-                    {"transaction_id": row.id, "number": row.attempt_count + 1, "started_at": now}
-                    for row in due
-                ],
-            )
-            records = await self._load(conn, ids)
-        self._notify(records, queued=False)
-        return records
+        return await self._writer.run(
+            lambda conn: self._claim_due(conn, owner, limit, now + lease_seconds, now),
+            on_commit=lambda records: self._notify(records, queued=False),
+        )
+
+    @staticmethod
+    def _claim_due(
+        conn: Connection, owner: str, limit: int, lease_expires_at: float, now: float
+    ) -> list[TransactionRecord]:
+        due = conn.execute(_DUE, {"now": now, "limit": limit}).all()
+        if not due:
+            return []
+        ids = [row.id for row in due]
+        conn.execute(
+            _CLAIM,
+            {"ids": ids, "lease_owner": owner, "lease_expires_at": lease_expires_at, "updated_at": now},
+        )
+        conn.execute(
+            _INSERT_ATTEMPT,
+            [{"transaction_id": row.id, "number": row.attempt_count + 1, "started_at": now} for row in due],
+        )
+        statuses = _blob_statuses(conn, ids)
+        claimed = []
+        for row in due:
+            number = row.attempt_count + 1
+            started = AttemptRecord(number, now, None, None, None, None, None)
+            record = _record(row, statuses.get(row.id, ()), started)
+            claimed.append(replace(record, attempt_count=number, version=row.version + 1, updated_at=now))
+        return claimed
 
     async def next_due_at(self) -> float | None:
         """When the earliest queued delivery is due (None: nothing queued)."""
-        async with self._read() as conn:
-            due: float | None = (
-                await conn.execute(
-                    select(func.min(transactions.c.next_attempt_at)).where(
-                        transactions.c.status == Status.QUEUED.value
-                    )
-                )
-            ).scalar()
-            return due
+        due: float | None = await self._readers.run(lambda conn: conn.execute(_NEXT_DUE).scalar())
+        return due
 
-    @shielded
     async def renew_leases(self, owner: str, tx_ids: Sequence[int], lease_seconds: float) -> None:
         if not tx_ids:
             return
-        async with self._write() as conn:
-            await conn.execute(
+        await self._writer.run(
+            _statements(
                 update(transactions)
                 .where(transactions.c.id.in_(tx_ids), transactions.c.lease_owner == owner)
                 .values(lease_expires_at=self.clock() + lease_seconds)
             )
+        )
 
     async def read_blobs(self, tx_id: int) -> dict[str, bytes]:
         """Every blob of a transaction, by name, as bytes."""
-        async with self._read() as conn:
-            rows = await conn.execute(
-                select(transaction_blobs.c.name, blob_chunks.c.data)
-                .join(blob_chunks, blob_chunks.c.blob_id == transaction_blobs.c.blob_id)
-                .where(transaction_blobs.c.transaction_id == tx_id)
-                .order_by(transaction_blobs.c.name, blob_chunks.c.offset)
-            )
-            parts: dict[str, list[bytes]] = defaultdict(list)
-            for name, data in rows:
-                parts[name].append(data)
-            names = await conn.execute(
-                select(transaction_blobs.c.name).where(transaction_blobs.c.transaction_id == tx_id)
-            )
-            return {name: b"".join(parts.get(name, ())) for (name,) in names}
+        return await self._readers.run(lambda conn: _read_blobs(conn, tx_id))
 
-    @shielded
     async def finish_attempt(
         self,
         record: TransactionRecord,
@@ -547,151 +537,117 @@ class Store:
         Returns None when the lease was lost meanwhile (the answers are still recorded).
         """
         now = self.clock()
-        async with self._write() as conn:
-            await conn.execute(
-                update(attempts)
-                .where(
-                    attempts.c.transaction_id == record.id,
-                    attempts.c.number == record.attempt_count,
-                )
-                .values(finished_at=now, remote_host=result.remote_host, **_response_columns(result))
-            )
-            current = (
-                await conn.execute(
-                    select(transactions.c.status, transactions.c.lease_owner).where(
-                        transactions.c.id == record.id
-                    )
-                )
-            ).first()
-            if current is None or current.lease_owner != owner:
-                log.warning("lease lost before the attempt finished tx=%s", record.rest_id)
-                return None
-            values: dict[str, Any] = {
-                "lease_owner": None,
-                "lease_expires_at": None,
-                "updated_at": now,
-                "version": transactions.c.version + 1,
-            }
-            status = Status(current.status)
-            if not status.final:  # not cancelled meanwhile
-                check_transition(status, decision.status)
-                values.update(
-                    status=decision.status.value,
-                    final_attempt_reason=decision.final_reason.value if decision.final_reason else None,
-                    next_attempt_at=decision.next_attempt_at,
-                    finished_at=now if decision.status.final else None,
-                )
-            await conn.execute(update(transactions).where(transactions.c.id == record.id).values(**values))
-            (updated,) = await self._load(conn, [record.id])
-            changed = [updated]
-            if dsn is not None:
-                changed.append(await self._insert_transaction(conn, dsn, now))
-        self._notify(changed, queued=dsn is not None or updated.status is Status.QUEUED)
-        return updated
 
-    @shielded
+        def committed(changed: list[TransactionRecord] | None) -> None:
+            if changed is not None:
+                self._notify(changed, queued=dsn is not None or changed[0].status is Status.QUEUED)
+
+        changed = await self._writer.run(
+            lambda conn: self._finish_attempt(conn, record, owner, result, decision, dsn, now),
+            on_commit=committed,
+        )
+        return None if changed is None else changed[0]
+
+    def _finish_attempt(
+        self,
+        conn: Connection,
+        record: TransactionRecord,
+        owner: str,
+        result: AttemptResult,
+        decision: Decision,
+        dsn: NewTransaction | None,
+        now: float,
+    ) -> list[TransactionRecord] | None:
+        """The delivery as updated, then the DSN if one was queued; None if the lease was lost."""
+        conn.execute(
+            _FINISH_ATTEMPT,
+            {
+                "tx_id": record.id,
+                "attempt_number": record.attempt_count,
+                "finished_at": now,
+                "remote_host": result.remote_host,
+                **_response_columns(result),
+            },
+        )
+        found = _load_rows(conn, _LOAD_BY_ID, id_=record.id)
+        if not found or found[0][0].lease_owner != owner:
+            log.warning("lease lost before the attempt finished tx=%s", record.rest_id)
+            return None
+        ((_, current),) = found
+        values: dict[str, Any] = {
+            "id_": record.id,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "updated_at": now,
+        }
+        changes: dict[str, Any] = {"updated_at": now, "version": current.version + 1}
+        if not current.status.final:  # not cancelled meanwhile
+            check_transition(current.status, decision.status)
+            reason = decision.final_reason.value if decision.final_reason else None
+            values.update(
+                status=decision.status.value,
+                final_attempt_reason=reason,
+                next_attempt_at=decision.next_attempt_at,
+                finished_at=now if decision.status.final else None,
+            )
+            changes.update(
+                status=decision.status,
+                final_attempt_reason=reason,
+                next_attempt_at=decision.next_attempt_at,
+            )
+        conn.execute(_UPDATE_TRANSACTION, values)
+        changed = [replace(current, **changes)]
+        if dsn is not None:
+            changed.append(self._insert_transaction(conn, dsn, now))
+        return changed
+
     async def expire_awaiting_body(self, older_than: float) -> int:
         """End deliveries whose body never arrived (final reason "downstream timeout")."""
         now = self.clock()
-        async with self._write() as conn:
-            expired = select(transactions.c.id).where(
-                transactions.c.status == Status.AWAITING_BODY.value,
-                transactions.c.updated_at < older_than,
-            )
-            ids = (await conn.execute(expired)).scalars().all()
-            if not ids:
-                return 0
-            await conn.execute(
-                update(transactions)
-                .where(transactions.c.id.in_(ids))
-                .values(
-                    status=Status.FAILED.value,
-                    final_attempt_reason=FinalReason.DOWNSTREAM_TIMEOUT.value,
-                    finished_at=now,
-                    updated_at=now,
-                    version=transactions.c.version + 1,
-                )
-            )
-            records = await self._load(conn, ids)
         # Wake hanging GETs now rather than at their next poll.
-        self._notify(records, queued=False)
+        records = await self._writer.run(
+            lambda conn: self._expire_awaiting_body(conn, older_than, now),
+            on_commit=lambda records: self._notify(records, queued=False),
+        )
         return len(records)
 
-    @shielded
+    @staticmethod
+    def _expire_awaiting_body(conn: Connection, older_than: float, now: float) -> list[TransactionRecord]:
+        expired = select(transactions.c.id).where(
+            transactions.c.status == Status.AWAITING_BODY.value,
+            transactions.c.updated_at < older_than,
+        )
+        ids = list(conn.execute(expired).scalars())
+        if not ids:
+            return []
+        conn.execute(
+            update(transactions)
+            .where(transactions.c.id.in_(ids))
+            .values(
+                status=Status.FAILED.value,
+                final_attempt_reason=FinalReason.DOWNSTREAM_TIMEOUT.value,
+                finished_at=now,
+                updated_at=now,
+                version=transactions.c.version + 1,
+            )
+        )
+        return _load(conn, ids)
+
     async def collect_garbage(self, finished_before: float, *, batch: int = 1000) -> int:
         """Delete finished deliveries (and blobs nobody references any more)."""
-        async with self._write() as conn:
-            ids = (
-                (
-                    await conn.execute(
-                        select(transactions.c.id)
-                        .where(
-                            transactions.c.finished_at < finished_before,
-                            transactions.c.lease_owner.is_(None),
-                        )
-                        .limit(batch)
-                    )
-                )
-                .scalars()
-                .all()
-            )
-            if ids:
-                await conn.execute(delete(transactions).where(transactions.c.id.in_(ids)))
-            orphans = select(blobs.c.id).where(
-                ~select(transaction_blobs.c.blob_id).where(transaction_blobs.c.blob_id == blobs.c.id).exists()
-            )
-            await conn.execute(delete(blobs).where(blobs.c.id.in_(orphans)))
-            return len(ids)
-
-    # -- loading records -----------------------------------------------------------------
-
-    async def _load(self, conn: AsyncConnection, ids: Sequence[int]) -> list[TransactionRecord]:
-        rows = {
-            row.id: row for row in await conn.execute(select(transactions).where(transactions.c.id.in_(ids)))
-        }
-        blob_rows = await conn.execute(
-            select(
-                transaction_blobs.c.transaction_id,
-                transaction_blobs.c.name,
-                blobs.c.stored_length,
-                blobs.c.total_length,
-            )
-            .join(blobs, blobs.c.id == transaction_blobs.c.blob_id)
-            .where(transaction_blobs.c.transaction_id.in_(ids))
-            .order_by(transaction_blobs.c.name)
-        )
-        blob_status: dict[int, list[BlobStatus]] = defaultdict(list)
-        for tx_id, name, stored, total in blob_rows:
-            blob_status[tx_id].append(BlobStatus(name, stored, total))
-        attempt_rows = await conn.execute(
-            select(attempts)
-            .join(
-                transactions,
-                and_(
-                    transactions.c.id == attempts.c.transaction_id,
-                    transactions.c.attempt_count == attempts.c.number,
-                ),
-            )
-            .where(attempts.c.transaction_id.in_(ids))
-        )
-        latest = {row.transaction_id: row for row in attempt_rows}
-        return [_record(rows[i], tuple(blob_status[i]), latest.get(i)) for i in ids]
+        return await self._writer.run(lambda conn: _collect_garbage(conn, finished_before, batch))
 
     # -- capture endpoint ----------------------------------------------------------------
 
-    @shielded
     async def add_capture(self, rest_id: str, mail_from: str, rcpt_to: str, message: bytes) -> int:
-        async with self._write() as conn:
-            result = await conn.execute(
-                captures.insert().values(
-                    transaction_rest_id=rest_id,
-                    mail_from=mail_from,
-                    rcpt_to=rcpt_to,
-                    created_at=self.clock(),
-                    message=message,
-                )
-            )
-            return _inserted_id(result)
+        statement = captures.insert().values(
+            transaction_rest_id=rest_id,
+            mail_from=mail_from,
+            rcpt_to=rcpt_to,
+            created_at=self.clock(),
+            message=message,
+        )
+        return await self._writer.run(lambda conn: _inserted_id(conn.execute(statement)))
 
     async def list_captures(self, *, limit: int = 50, before_id: int | None = None) -> list[CaptureRecord]:
         query = (
@@ -708,12 +664,13 @@ class Store:
         )
         if before_id is not None:
             query = query.where(captures.c.id < before_id)
-        async with self._read() as conn:
-            return [CaptureRecord(*row, message=None) for row in await conn.execute(query)]
+        return await self._readers.run(
+            lambda conn: [CaptureRecord(*row, message=None) for row in conn.execute(query)]
+        )
 
     async def get_capture(self, capture_id: int) -> CaptureRecord | None:
-        async with self._read() as conn:
-            row = (await conn.execute(select(captures).where(captures.c.id == capture_id))).first()
+        query = select(captures).where(captures.c.id == capture_id)
+        row = await self._readers.run(lambda conn: conn.execute(query).first())
         if row is None:
             return None
         return CaptureRecord(
@@ -728,35 +685,216 @@ class Store:
 
     # -- API keys ------------------------------------------------------------------------
 
-    @shielded
     async def add_api_key(
         self, *, name: str, domain: str | None, prefix: str, key_hash: str, expires_at: float | None
     ) -> ApiKeyRecord:
         now = self.clock()
-        async with self._write() as conn:
-            result = await conn.execute(
-                api_keys.insert().values(
-                    name=name,
-                    domain=domain,
-                    prefix=prefix,
-                    key_hash=key_hash,
-                    created_at=now,
-                    expires_at=expires_at,
-                )
-            )
-            key_id = _inserted_id(result)
+        statement = api_keys.insert().values(
+            name=name,
+            domain=domain,
+            prefix=prefix,
+            key_hash=key_hash,
+            created_at=now,
+            expires_at=expires_at,
+        )
+        key_id = await self._writer.run(lambda conn: _inserted_id(conn.execute(statement)))
         return ApiKeyRecord(key_id, name, domain, prefix, key_hash, now, expires_at, None)
 
     async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
-        async with self._read() as conn:
-            row = (await conn.execute(select(api_keys).where(api_keys.c.key_hash == key_hash))).first()
+        row = await self._readers.run(
+            lambda conn: conn.execute(_API_KEY_BY_HASH, {"key_hash": key_hash}).first()
+        )
         return None if row is None else ApiKeyRecord(*row)
 
     async def list_api_keys(self) -> list[ApiKeyRecord]:
-        async with self._read() as conn:
-            return [
-                ApiKeyRecord(*row) for row in await conn.execute(select(api_keys).order_by(api_keys.c.id))
-            ]
+        query = select(api_keys).order_by(api_keys.c.id)
+        return await self._readers.run(lambda conn: [ApiKeyRecord(*row) for row in conn.execute(query)])
+
+
+# -- statements ------------------------------------------------------------------------------
+# Built once, with bind parameters: SQLAlchemy then finds their compiled form without building
+# each statement and its cache key again for every call (a profile showed that cost).
+
+_INSERT_TRANSACTION = transactions.insert()
+_INSERT_ATTEMPT = attempts.insert()
+_INSERT_BLOB = blobs.insert()
+_INSERT_CHUNK = blob_chunks.insert()
+_INSERT_TRANSACTION_BLOB = transaction_blobs.insert()
+
+# Columns not named here are set from the parameters given with the statement.
+_UPDATE_TRANSACTION = (
+    update(transactions)
+    .where(transactions.c.id == bindparam("id_"))
+    .values(version=transactions.c.version + 1)
+)
+_UPDATE_BLOB = update(blobs).where(blobs.c.id == bindparam("id_"))
+_FINISH_ATTEMPT = update(attempts).where(
+    attempts.c.transaction_id == bindparam("tx_id"), attempts.c.number == bindparam("attempt_number")
+)
+_DUE = (
+    select(transactions)
+    .where(
+        transactions.c.status == Status.QUEUED.value,
+        transactions.c.next_attempt_at <= bindparam("now"),
+        or_(transactions.c.lease_owner.is_(None), transactions.c.lease_expires_at < bindparam("now")),
+    )
+    .order_by(transactions.c.next_attempt_at)
+    .limit(bindparam("limit", type_=Integer))
+    .with_for_update(skip_locked=True)
+)
+_CLAIM = (
+    update(transactions)
+    .where(transactions.c.id.in_(bindparam("ids", expanding=True)))
+    .values(attempt_count=transactions.c.attempt_count + 1, version=transactions.c.version + 1)
+)
+
+_REUSED_BLOB = (
+    select(blobs.c.id, blobs.c.stored_length, blobs.c.total_length)
+    .join(transaction_blobs, transaction_blobs.c.blob_id == blobs.c.id)
+    .join(transactions, transactions.c.id == transaction_blobs.c.transaction_id)
+    .where(
+        transactions.c.rest_id == bindparam("rest_id"),
+        transaction_blobs.c.name == bindparam("blob_name"),
+    )
+)
+_UPLOAD_TARGET = (
+    select(
+        transactions.c.id.label("tx_id"),
+        transactions.c.status,
+        blobs.c.id.label("blob_id"),
+        blobs.c.stored_length,
+        blobs.c.total_length,
+    )
+    .join(transaction_blobs, transaction_blobs.c.transaction_id == transactions.c.id)
+    .join(blobs, blobs.c.id == transaction_blobs.c.blob_id)
+    .where(transactions.c.rest_id == bindparam("rest_id"), transaction_blobs.c.name == bindparam("blob_name"))
+)
+_READ_BLOBS = (
+    select(transaction_blobs.c.name, blob_chunks.c.data)
+    .select_from(
+        transaction_blobs.outerjoin(blob_chunks, blob_chunks.c.blob_id == transaction_blobs.c.blob_id)
+    )
+    .where(transaction_blobs.c.transaction_id == bindparam("tx_id"))
+    .order_by(transaction_blobs.c.name, blob_chunks.c.offset)
+)
+_NEXT_DUE = select(func.min(transactions.c.next_attempt_at)).where(
+    transactions.c.status == Status.QUEUED.value
+)
+_API_KEY_BY_HASH = select(api_keys).where(api_keys.c.key_hash == bindparam("key_hash"))
+
+# A transaction's row comes with its latest attempt's columns, labelled attempt_*.
+_LOAD = select(
+    transactions,
+    *(column.label(f"attempt_{column.name}") for column in attempts.c if column.name != "transaction_id"),
+).select_from(
+    transactions.outerjoin(
+        attempts,
+        and_(
+            attempts.c.transaction_id == transactions.c.id,
+            attempts.c.number == transactions.c.attempt_count,
+        ),
+    )
+)
+_LOAD_BY_IDS = _LOAD.where(transactions.c.id.in_(bindparam("ids", expanding=True)))
+# One-row forms: cheaper to run than an IN with one value, and by far the most common.
+_LOAD_BY_ID = _LOAD.where(transactions.c.id == bindparam("id_"))
+_LOAD_BY_REST_ID = _LOAD.where(transactions.c.rest_id == bindparam("rest_id"))
+_BLOB_STATUS = select(
+    transaction_blobs.c.transaction_id,
+    transaction_blobs.c.name,
+    blobs.c.stored_length,
+    blobs.c.total_length,
+).join(blobs, blobs.c.id == transaction_blobs.c.blob_id)
+_BLOB_STATUSES = _BLOB_STATUS.where(transaction_blobs.c.transaction_id.in_(bindparam("ids", expanding=True)))
+_BLOB_STATUSES_OF_ONE = _BLOB_STATUS.where(transaction_blobs.c.transaction_id == bindparam("id_"))
+
+
+# -- units and their parts (run in a database thread) -------------------------------------
+
+
+def _statements(*statements: Executable) -> Callable[[Connection], None]:
+    """A unit that executes `statements` in order."""
+
+    def work(conn: Connection) -> None:
+        for statement in statements:
+            conn.execute(statement)
+
+    return work
+
+
+def _read_blobs(conn: Connection, tx_id: int) -> dict[str, bytes]:
+    rows = conn.execute(_READ_BLOBS, {"tx_id": tx_id})
+    parts: dict[str, list[bytes]] = {}
+    for name, data in rows:
+        chunks = parts.setdefault(name, [])
+        if data is not None:  # an empty blob has no chunk
+            chunks.append(data)
+    return {name: b"".join(chunks) for name, chunks in parts.items()}
+
+
+def _collect_garbage(conn: Connection, finished_before: float, batch: int) -> int:
+    ids = list(
+        conn.execute(
+            select(transactions.c.id)
+            .where(
+                transactions.c.finished_at < finished_before,
+                transactions.c.lease_owner.is_(None),
+            )
+            .limit(batch)
+        ).scalars()
+    )
+    if ids:
+        conn.execute(delete(transactions).where(transactions.c.id.in_(ids)))
+    orphans = select(blobs.c.id).where(
+        ~select(transaction_blobs.c.blob_id).where(transaction_blobs.c.blob_id == blobs.c.id).exists()
+    )
+    conn.execute(delete(blobs).where(blobs.c.id.in_(orphans)))
+    return len(ids)
+
+
+# -- loading records -------------------------------------------------------------------------
+
+
+def _load(conn: Connection, ids: Sequence[int]) -> list[TransactionRecord]:
+    """The records of `ids`, in that order."""
+    if len(ids) == 1:
+        found = _load_rows(conn, _LOAD_BY_ID, id_=ids[0])
+    else:
+        found = _load_rows(conn, _LOAD_BY_IDS, ids=list(ids))
+    records = {record.id: record for _, record in found}
+    return [records[tx_id] for tx_id in ids]
+
+
+def _load_rows(
+    conn: Connection, query: Select[Any], **params: Any
+) -> list[tuple[Row[Any], TransactionRecord]]:
+    """The transactions `query` finds: their rows, and their records."""
+    rows = conn.execute(query, params).all()
+    if not rows:
+        return []
+    statuses = _blob_statuses(conn, [row.id for row in rows])
+    return [(row, _record(row, statuses.get(row.id, ()), _latest_attempt(row))) for row in rows]
+
+
+def _blob_statuses(conn: Connection, ids: list[int]) -> dict[int, tuple[BlobStatus, ...]]:
+    found: dict[int, list[BlobStatus]] = defaultdict(list)
+    if len(ids) == 1:
+        rows = conn.execute(_BLOB_STATUSES_OF_ONE, {"id_": ids[0]})
+    else:
+        rows = conn.execute(_BLOB_STATUSES, {"ids": ids})
+    for tx_id, name, stored, total in rows:
+        found[tx_id].append(BlobStatus(name, stored, total))
+    return {tx_id: _sorted_blobs(statuses) for tx_id, statuses in found.items()}
+
+
+def _sorted_blobs(statuses: Iterable[BlobStatus]) -> tuple[BlobStatus, ...]:
+    # Sorted here rather than by the database, whose collation may differ from Python's.
+    return tuple(sorted(statuses, key=lambda status: status.name))
+
+
+def _as_stored(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A JSON column's value as a read returns it (JSON-encoded and decoded again)."""
+    return None if value is None else cast(dict[str, Any], json.loads(json.dumps(value)))
 
 
 def _inserted_id(result: Any) -> int:
@@ -777,20 +915,23 @@ def _response(code: int | None, message: str | None) -> Response | None:
     return None if code is None else Response(code, message or "")
 
 
+def _latest_attempt(row: Row[Any]) -> AttemptRecord | None:
+    if row.attempt_number is None:
+        return None
+    return AttemptRecord(
+        number=row.attempt_number,
+        started_at=row.attempt_started_at,
+        finished_at=row.attempt_finished_at,
+        mail=_response(row.attempt_mail_code, row.attempt_mail_message),
+        rcpt=_response(row.attempt_rcpt_code, row.attempt_rcpt_message),
+        data=_response(row.attempt_data_code, row.attempt_data_message),
+        remote_host=row.attempt_remote_host,
+    )
+
+
 def _record(
-    row: Row[Any], blob_status: tuple[BlobStatus, ...], attempt: Row[Any] | None
+    row: Row[Any], blob_status: tuple[BlobStatus, ...], latest: AttemptRecord | None
 ) -> TransactionRecord:
-    latest = None
-    if attempt is not None:
-        latest = AttemptRecord(
-            number=attempt.number,
-            started_at=attempt.started_at,
-            finished_at=attempt.finished_at,
-            mail=_response(attempt.mail_code, attempt.mail_message),
-            rcpt=_response(attempt.rcpt_code, attempt.rcpt_message),
-            data=_response(attempt.data_code, attempt.data_message),
-            remote_host=attempt.remote_host,
-        )
     return TransactionRecord(
         id=row.id,
         rest_id=row.rest_id,
