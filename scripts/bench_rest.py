@@ -288,6 +288,11 @@ url = "sqlite+aiosqlite:///{data_dir}/mailnode.db"
 sqlite_synchronous = "{options.sqlite_synchronous}"
 [http]
 listen = "{HOST}:0"
+# The SMTP listeners are not measured here; free ports keep two runs from colliding.
+[smtp.submission]
+listen = "{HOST}:0"
+[smtp.ingress]
+listen = "{HOST}:0"
 [delivery]
 mode = "smarthost"
 smarthost = "{sink.host}:{sink.port}"

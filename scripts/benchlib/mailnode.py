@@ -5,19 +5,28 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
-from dataclasses import dataclass
+from collections import Counter, deque
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from benchlib.processes import Child, spawn
 
 _HTTP_URL = re.compile(r"HTTP API:\s+(http://\S+)")
+_SMTP_LISTENER = re.compile(r"SMTP (\S+):\s+(\S+):(\d+)\s*$")
+_LOG_LEVEL = re.compile(r" level=([A-Z]+) ")  # mailnode's log format (cli._setup_logging)
 
 
 @dataclass
 class MailnodeProcess:
     child: Child
     url: str  # the HTTP API, e.g. http://127.0.0.1:40123
+    # SMTP listeners by name ("submission", "ingress", ...), as printed at start-up.
+    smtp: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # Log lines by level ("INFO", "WARNING", ...), and the last warnings and errors.
+    log_levels: Counter[str] = field(default_factory=Counter)
+    problems: deque[str] = field(default_factory=lambda: deque(maxlen=20))
 
 
 async def run_cli(*args: str, timeout: float = 60.0) -> str:
@@ -41,19 +50,36 @@ async def run_cli(*args: str, timeout: float = 60.0) -> str:
     return stdout.decode()
 
 
-async def create_api_key(config: Path, name: str = "bench") -> str:
-    """A new API key from `mailnode key create`."""
-    return (await run_cli("key", "create", "--name", name, "--config", str(config))).strip()
+async def create_api_key(config: Path, name: str = "bench", domain: str | None = None) -> str:
+    """A new API key from `mailnode key create` (for `domain`, when given)."""
+    args = ("key", "create", "--name", name, "--config", str(config))
+    return (await run_cli(*args, *(("--domain", domain) if domain else ()))).strip()
 
 
-async def start_mailnode(config: Path, timeout: float = 60.0) -> MailnodeProcess:
-    """Start `mailnode serve --config FILE` and wait until it prints its HTTP address."""
+async def start_mailnode(
+    config: Path, timeout: float = 60.0, smtp_listeners: Collection[str] = ()
+) -> MailnodeProcess:
+    """Start `mailnode serve --config FILE` and wait until it prints its HTTP address.
+
+    With `smtp_listeners` (e.g. {"submission"}) it also waits for those SMTP addresses.
+    """
     url: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    http_url: list[str] = []
+    smtp: dict[str, tuple[str, int]] = {}
+    log_levels: Counter[str] = Counter()
+    problems: deque[str] = deque(maxlen=20)
 
     def watch(line: str) -> None:
-        match = _HTTP_URL.search(line)
-        if match and not url.done():
-            url.set_result(match.group(1))
+        if match := _LOG_LEVEL.search(line):
+            log_levels[match.group(1)] += 1
+            if match.group(1) in ("WARNING", "ERROR", "CRITICAL"):
+                problems.append(line.rstrip())
+        elif match := _HTTP_URL.search(line):
+            http_url.append(match.group(1))
+        elif match := _SMTP_LISTENER.search(line):
+            smtp[match.group(1).rstrip(":")] = (match.group(2), int(match.group(3)))
+        if http_url and all(name in smtp for name in smtp_listeners) and not url.done():
+            url.set_result(http_url[0])
 
     child = await spawn(
         "mailnode serve", sys.executable, "-m", "mailnode", "serve", "--config", str(config), on_stderr=watch
@@ -64,9 +90,10 @@ async def start_mailnode(config: Path, timeout: float = 60.0) -> MailnodeProcess
         done, _ = await asyncio.wait(either, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         exited.cancel()
         if url not in done:
-            problem = "did not print its HTTP address" if not done else "exited early"
+            wanted = ", ".join(["HTTP", *smtp_listeners])
+            problem = f"did not print its addresses ({wanted})" if not done else "exited early"
             raise RuntimeError(f"mailnode serve {problem}: {child.describe_exit()}")
-        return MailnodeProcess(child, url.result())
+        return MailnodeProcess(child, url.result(), smtp, log_levels, problems)
     except BaseException:
         await child.stop()
         raise

@@ -107,10 +107,41 @@ async def _drain_stderr(child: Child, on_line: Callable[[str], None] | None) -> 
 
 def process_cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of a process from /proc/PID/stat (None when unavailable)."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds of a process and all its descendants, live or already reaped.
+
+    For a server that forks workers (Postfix's master): a worker that exits between two
+    readings moves from the live sum into its parent's reaped-children time (cutime, cstime),
+    so the difference of two readings is what the whole tree used in between.
+    """
+    stats: dict[int, list[str]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and (fields := _stat_fields(int(proc.name))) is not None:
+            stats[int(proc.name)] = fields
+    if pid not in stats:
+        return None
+    children: dict[int, list[int]] = {}
+    for child, fields in stats.items():
+        children.setdefault(int(fields[1]), []).append(child)
+    ticks, todo = 0, [pid]
+    while todo:
+        member = todo.pop()
+        ticks += sum(int(stats[member][i]) for i in (11, 12, 13, 14))  # utime, stime, cutime, cstime
+        todo += children.get(member, [])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after "(comm)" (which may contain spaces): state, ppid, ... (None if gone)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat.rpartition(")")[2].split()  # after "(comm)", which may contain spaces
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+    return stat.rpartition(")")[2].split()

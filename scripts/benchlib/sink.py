@@ -14,7 +14,8 @@ measures the sink, not the sender. This sink speaks just enough SMTP for a coope
 
 `SinkProcess` is the parent's side: it starts this module with the running interpreter and
 sorts the reported arrivals into `Arrivals`, one per phase of a benchmark. Tags look like
-`<phase>.<index>`.
+`<phase>.<index>`, or `<phase>.*` for a load generator that sends one message file over and
+over (smtp-source -F): those are counted, not told apart.
 """
 
 from __future__ import annotations
@@ -163,6 +164,16 @@ class Arrivals:
         if len(self.times) >= self.expected:
             self.complete.set()
 
+    def arrived_unnumbered(self, when: float) -> None:
+        """One more message of a phase whose messages all carry the same tag."""
+        self.arrived(len(self.times), when)
+
+    def expect_only(self, n: int) -> None:
+        """Lower the count to wait for (e.g. to the messages the server accepted)."""
+        self.expected = n
+        if len(self.times) >= n:
+            self.complete.set()
+
     def wait_for(self, index: int) -> asyncio.Future[float]:
         """A future that resolves with the arrival time of message `index`."""
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
@@ -220,10 +231,12 @@ class SinkProcess:
             tag, _, when = line.decode().partition(" ")
             phase, _, index = tag.rpartition(".")
             arrivals = self._phases.get(phase)
-            if arrivals is None or not index.isdigit():
+            if arrivals is not None and index.isdigit():
+                arrivals.arrived(int(index), float(when))
+            elif arrivals is not None and index == "*":
+                arrivals.arrived_unnumbered(float(when))
+            else:
                 self.strays += 1
-                continue
-            arrivals.arrived(int(index), float(when))
 
     async def stop(self) -> None:
         try:
