@@ -140,7 +140,7 @@ class DownstreamTransaction:
             handle.settle(verdict.fate)
         else:
             self._accepted.append(handle)
-        log.info("rcpt tx=%s code=%d", handle.record.rest_id, verdict.reply.code)
+        log.debug("rcpt tx=%s code=%d", handle.record.rest_id, verdict.reply.code)
         return verdict.reply
 
     async def _create_and_start(self, rcpt_to: str) -> CutThrough | None:
@@ -227,7 +227,7 @@ class DownstreamTransaction:
                 refused[id(handle)] = SPF_FAILED
             elif route.reject_dmarc_fail and results.dmarc == "fail":
                 refused[id(handle)] = DMARC_FAILED
-        log.info("authentication spf=%s dkim=%s dmarc=%s", results.spf, results.dkim, results.dmarc)
+        log.debug("authentication spf=%s dkim=%s dmarc=%s", results.spf, results.dkim, results.dmarc)
         return prepend_headers(message, [results.header]), refused
 
     async def abort(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -69,8 +70,8 @@ class ReceivedHeaderFilter:
             recipient=record.rcpt_to,
             when=_utc(record.created_at),
         )
+        # A trace header changes none of the facts the check holds: keep it.
         delivery.message = prepend_headers(delivery.message, [header])
-        delivery.check = None
 
 
 class ValidationFilter:
@@ -94,7 +95,7 @@ class ValidationFilter:
         )
         if added:
             delivery.message = prepend_headers(delivery.message, added)
-            delivery.check = None
+            delivery.check = dataclasses.replace(check, has_date=True, has_message_id=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +127,8 @@ class DkimFilter:
         return None
 
     async def __call__(self, delivery: DeliveryContext) -> None:
+        if not self._keys:
+            return  # no domain signs: no need to look at the message at all
         key = self.key_for(delivery.message_check().from_domain)
         if key is None:
             return

@@ -151,7 +151,7 @@ class OutputHandler:
     # One attempt --------------------------------------------------------------------------
 
     async def _attempt(self, record: TransactionRecord) -> None:
-        log.info(
+        log.debug(
             "attempt start tx=%s attempt=%d sender=%s", record.rest_id, record.attempt_count, record.sender
         )
         result, message = await self._run_chain(record)
@@ -247,7 +247,7 @@ class OutputHandler:
 
     async def _cut_through(self, handle: CutThrough, info: EnvelopeInfo, wait_limit: float) -> None:
         record = handle.record
-        log.info("cut-through start tx=%s sender=%s", record.rest_id, record.sender)
+        log.debug("cut-through start tx=%s sender=%s", record.rest_id, record.sender)
         result, message = await self._cut_through_session(handle, info, wait_limit)
         handle.data_done(result)
         fate = await handle.fate(wait_limit)

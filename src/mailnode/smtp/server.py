@@ -356,7 +356,7 @@ class _Session(SMTP):
             return
         sessions.add(self)
         super().connection_made(transport)
-        log.info("smtp session=%s connected peer=%s", self.name, self.peer_ip)
+        log.debug("smtp session=%s connected peer=%s", self.name, self.peer_ip)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
@@ -364,7 +364,7 @@ class _Session(SMTP):
         self.listener.sessions.discard(self)
         handler = self._handler_coroutine
         super().connection_lost(error)  # cancels the handler task
-        log.info("smtp session=%s closed", self.name)
+        log.debug("smtp session=%s closed", self.name)
         if self.transaction is not None:
             self.listener.owner.spawn(self._abort_after(handler), f"smtp-abort-{self.name}")
 
@@ -531,7 +531,7 @@ class _Handler:
         server.rcpt_attempts = 0
         envelope.mail_from = address
         envelope.mail_options.extend(options)
-        log.info("smtp session=%s tx=%d mail from=<%s>", server.name, server.transactions, sender or "")
+        log.debug("smtp session=%s tx=%d mail from=<%s>", server.name, server.transactions, sender or "")
         return _Reply("250 2.1.0 sender ok")
 
     async def handle_RCPT(
@@ -640,7 +640,7 @@ class _Handler:
             return AuthResult(success=False, handled=False, message=_Reply(AUTH_INVALID))
         owner.throttle.succeeded(client)
         server.api_key = record
-        log.info("smtp session=%s authenticated key=%d", server.name, record.id)
+        log.debug("smtp session=%s authenticated key=%d", server.name, record.id)
         return AuthResult(success=True, auth_data=record.id)
 
 
