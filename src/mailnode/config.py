@@ -230,6 +230,9 @@ class IngressRoute:
 
     domain: str = field(metadata=_check(_route_domain))
     endpoint: str = field(default="capture", metadata=_check(_endpoint_spec))
+    # A second endpoint that gets a copy of every message (an archive); it never changes the
+    # answer to the client, and is retried on its own. Empty: no copy.
+    copy_to: str = field(default="", metadata=_check(lambda v: None if not v else _endpoint_spec(v)))
     # Refuse mail whose SPF check fails (550 5.7.23), or that fails DMARC (550 5.7.26).
     # Otherwise failures are only recorded in the Authentication-Results header.
     reject_spf_fail: bool = False
@@ -282,6 +285,8 @@ def _default_senders() -> dict[str, SenderConfig]:
         "ingress": SenderConfig(filters=("received_header", "router"), bounce=True),
         # DSNs: retried, never bounced (RFC 3464 §2: no DSN about a DSN).
         "bounce": SenderConfig(filters=("router",), bounce=False, add_missing_headers=False),
+        # Copies for an ingress route's copy_to endpoint: retried, never bounced to the sender.
+        "copy": SenderConfig(filters=("received_header", "router"), bounce=False, add_missing_headers=False),
     }
 
 

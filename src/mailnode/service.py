@@ -120,7 +120,12 @@ class Service:
         routes = [
             (route, endpoint_from_spec(route.endpoint, config, store)) for route in config.ingress.routes
         ]
-        router = Router(build_endpoint(config, store, resolver), routes)
+        copies = {
+            route: endpoint_from_spec(route.copy_to, config, store)
+            for route in config.ingress.routes
+            if route.copy_to
+        }
+        router = Router(build_endpoint(config, store, resolver), routes, copies)
         self._router = router
         chains = build_chains(config, router, load_dkim_keys(config))
         settings = OutputSettings(

@@ -15,7 +15,7 @@ from mailnode.config import Config
 from mailnode.core.exploder import Fate, Mode, data_reply, rcpt_reply
 from mailnode.core.headers import prepend_headers
 from mailnode.core.response import Response
-from mailnode.core.transaction import NewTransaction
+from mailnode.core.transaction import BODY, NewTransaction, ReusedBlob
 from mailnode.errors import StorageError
 from mailnode.router.cut_through import CutThrough
 from mailnode.router.output_handler import OutputHandler
@@ -186,7 +186,7 @@ class DownstreamTransaction:
         if not taking:
             return self._answer(refused)
         try:
-            await self._x._store.attach_body([h.record.id for h in taking], message)
+            await self._x._store.attach_body([h.record.id for h in taking], message, self._copies(taking))
         except StorageError:
             log.exception("storing a message failed; answering 451")
             await self.abort()
@@ -200,6 +200,32 @@ class DownstreamTransaction:
         if pending:
             await asyncio.wait(pending, timeout=self._timeouts.data)
         return self._answer(refused)
+
+    def _copies(self, taking: list[CutThrough]) -> list[NewTransaction]:
+        """Deliveries to the copy_to endpoints of the recipients' routes, sharing the body."""
+        if self._mode is not Mode.INGRESS:
+            return []
+        body_of = taking[0].record.rest_id
+        copies = []
+        for handle in taking:
+            route = match_route(self._x._routes, handle.record.rcpt_to.rpartition("@")[2])
+            if route is None or not route.copy_to:
+                continue
+            copies.append(
+                NewTransaction(
+                    sender="copy",
+                    mail_from=self._mail_from,
+                    rcpt_to=handle.record.rcpt_to,
+                    retry=True,
+                    bounce=False,
+                    protocol=handle.record.protocol,
+                    blobs=(ReusedBlob(BODY, body_of, BODY),),
+                    client_address=self._client.address,
+                    client_helo=self._client.helo,
+                    parent_id=handle.record.id,
+                )
+            )
+        return copies
 
     def _answer(self, refused: dict[int, Response]) -> Response:
         """The client's end-of-DATA reply; settles every accepted delivery's fate."""

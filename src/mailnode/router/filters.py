@@ -168,25 +168,32 @@ class Router:
     """
 
     def __init__(
-        self, default: Endpoint, ingress_routes: Sequence[tuple[IngressRoute, Endpoint]] = ()
+        self,
+        default: Endpoint,
+        ingress_routes: Sequence[tuple[IngressRoute, Endpoint]] = (),
+        copies: Mapping[IngressRoute, Endpoint] | None = None,
     ) -> None:
         self._default = default
         self._routes = list(ingress_routes)
         self._by_spec = {route: endpoint for route, endpoint in self._routes}
+        self._copies = dict(copies or {})
 
     async def close(self) -> None:
         """Release what endpoints hold open (an HTTP receiver's connection pool)."""
-        for endpoint in {id(e): e for e in [self._default, *self._by_spec.values()]}.values():
+        endpoints = [self._default, *self._by_spec.values(), *self._copies.values()]
+        for endpoint in {id(e): e for e in endpoints}.values():
             close = getattr(endpoint, "close", None)
             if close is not None:
                 await close()
 
     def route(self, record: TransactionRecord) -> Endpoint | None:
-        if record.sender != "ingress":
+        if record.sender not in ("ingress", "copy"):
             return self._default
         domain = record.rcpt_to.rpartition("@")[2]
         route = match_route([route for route, _ in self._routes], domain)
-        return None if route is None else self._by_spec[route]
+        if route is None:
+            return None
+        return self._copies.get(route) if record.sender == "copy" else self._by_spec[route]
 
 
 @dataclass(frozen=True, slots=True)

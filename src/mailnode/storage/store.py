@@ -396,13 +396,23 @@ class Store:
         conn.execute(_UPDATE_TRANSACTION, values)
         return replace(record, **changes)
 
-    async def attach_body(self, tx_ids: Sequence[int], data: bytes) -> list[TransactionRecord]:
-        """Store one body for deliveries created with `body_later`, shared by all of them."""
+    async def attach_body(
+        self, tx_ids: Sequence[int], data: bytes, copies: Sequence[NewTransaction] = ()
+    ) -> list[TransactionRecord]:
+        """Store one body for deliveries created with `body_later`, shared by all of them.
+
+        `copies` are new deliveries created in the same database transaction; their blobs may
+        reuse this body by naming one of `tx_ids`' transactions.
+        """
         now = self.clock()
         ids = list(tx_ids)
+
+        def attach(conn: Connection) -> list[TransactionRecord]:
+            records = self._attach_body(conn, ids, data, now)
+            return records + [self._insert_transaction(conn, copy, now) for copy in copies]
+
         return await self._writer.run(
-            lambda conn: self._attach_body(conn, ids, data, now),
-            on_commit=lambda records: self._notify(records, queued=False),
+            attach, on_commit=lambda records: self._notify(records, queued=bool(copies))
         )
 
     def _attach_body(

@@ -83,7 +83,7 @@ transactions = Table(
     Column("client_helo", String(255)),
     Column("protocol", String(16), nullable=False),
     Column("api_key_id", Integer),
-    # A DSN points at the transaction it reports on.
+    # A DSN points at the delivery it reports on; a copy (route copy_to) at the one it copies.
     Column("parent_id", Integer, ForeignKey("transactions.id", ondelete="SET NULL")),
 )
 Index("ix_transactions_due", transactions.c.status, transactions.c.next_attempt_at)
