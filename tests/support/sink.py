@@ -65,6 +65,17 @@ class Sink:
         """Client connections not yet closed."""
         return sum(1 for session in self._sessions if session.transport is not None)
 
+    @property
+    def connections(self) -> int:
+        """Client connections accepted so far, open or closed."""
+        return len(self._sessions)
+
+    def drop_connections(self) -> None:
+        """Close every open client connection, as a server does with idle ones; keep listening."""
+        for session in self._sessions:
+            if session.transport is not None:
+                session.transport.close()
+
     async def wait_for_messages(
         self,
         n: int,
@@ -84,6 +95,11 @@ class Sink:
         """Wait until every client connection has ended; AssertionError on timeout."""
         if not await self._wait_until(lambda: self.open_connections == 0, timeout):
             raise AssertionError(f"{self.open_connections} connections still open after {timeout} s")
+
+    async def wait_open_connections(self, n: int, timeout: float = 10.0) -> None:
+        """Wait until at most n client connections are open; AssertionError on timeout."""
+        if not await self._wait_until(lambda: self.open_connections <= n, timeout):
+            raise AssertionError(f"{self.open_connections} connections still open after {timeout} s, not {n}")
 
     async def _wait_until(self, condition: Callable[[], bool], seconds: float) -> bool:
         with contextlib.suppress(TimeoutError):

@@ -1,8 +1,10 @@
-"""The outbound SMTP endpoint: one connection, one recipient, every reply kept (RFC 5321).
+"""The outbound SMTP endpoint: one transaction, one recipient, every reply kept (RFC 5321).
 
 An upstream session runs in two steps so that the SMTP gateway can cut through: envelope()
 connects and sends MAIL and RCPT as soon as its client names a recipient, data() sends the
 message on the same connection once the client has sent it all, and close() ends the session.
+With a ConnectionPool, close() hands a finished connection back (after RSET) instead of QUIT,
+and the next session to the same destination starts at MAIL.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import enum
 import ipaddress
 import logging
 import re
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -92,8 +96,172 @@ class UpstreamSession(Protocol):
         ...
 
     async def close(self) -> None:
-        """QUIT if connected and release the socket; idempotent."""
+        """QUIT (or RSET and return it to its pool) if connected and release the socket; idempotent."""
         ...
+
+
+@dataclass(frozen=True)
+class _PoolKey:
+    """What must match for a connection to be reused: the peer and all that shaped the conversation."""
+
+    address: str
+    port: int
+    helo_hostname: str
+    lmtp: bool
+    starttls: str
+    verify_tls: bool
+    tls_name: str | None  # the name the certificate was checked against, when it was checked
+    username: str | None  # never reuse an authenticated connection for other credentials
+    password: str | None = field(repr=False)
+
+    @classmethod
+    def of(cls, address: str, port: int, options: SmtpOptions, tls_name: str) -> _PoolKey:
+        checked_name = tls_name if options.verify_tls and options.starttls != "off" else None
+        return cls(
+            address,
+            port,
+            options.helo_hostname,
+            options.lmtp,
+            options.starttls,
+            options.verify_tls,
+            checked_name,
+            options.username,
+            options.password,
+        )
+
+
+@dataclass
+class _Idle:
+    """A parked connection: past EHLO, STARTTLS and AUTH, with no transaction open."""
+
+    client: aiosmtplib.SMTP
+    transport: asyncio.Transport | None  # the TCP transport under any TLS
+    uses: int  # transactions it has carried
+    since: float  # the pool's clock when it was parked
+
+
+class ConnectionPool:
+    """Idle upstream connections kept for the next transaction to the same destination.
+
+    Like Postfix's connection cache: a session whose transaction is over sends RSET
+    (RFC 5321 §4.1.1.5) and parks its connection here instead of QUIT, and the next session
+    with the same key (address, port, and every option that shapes the conversation) starts at
+    MAIL, skipping connect, greeting, EHLO, STARTTLS and AUTH. Bounded per destination and in
+    total; a connection idle for `idle_seconds` or used `max_uses` times is closed. It runs no
+    task of its own: expired connections are swept whenever one is taken or parked, and
+    `close()` (the owner calls it at shutdown) QUITs the rest.
+    """
+
+    def __init__(
+        self,
+        max_idle_per_destination: int = 4,
+        idle_seconds: float = 30.0,
+        max_uses: int = 100,
+        *,
+        max_idle: int = 64,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if min(max_idle_per_destination, max_uses, max_idle) < 1 or idle_seconds <= 0:
+            raise ValueError(
+                "max_idle_per_destination, max_uses and max_idle must be at least 1 "
+                f"and idle_seconds positive, got {max_idle_per_destination}, {max_uses}, "
+                f"{max_idle} and {idle_seconds}"
+            )
+        self._max_per_destination, self._max_idle = max_idle_per_destination, max_idle
+        self._idle_seconds, self._max_uses, self._clock = idle_seconds, max_uses, clock
+        self._idle: dict[_PoolKey, list[_Idle]] = {}  # oldest first, as parked
+        self._count = 0
+        self._closing: set[asyncio.Task[None]] = set()  # QUITs of retired connections
+        self._closed = False
+
+    @property
+    def idle_connections(self) -> int:
+        """Connections parked now, over every destination."""
+        return self._count
+
+    async def close(self) -> None:
+        """QUIT every idle connection (each bounded by its command timeout); park nothing more."""
+        self._closed = True
+        for stack in self._idle.values():
+            for idle in stack:
+                self._retire(idle)
+        self._idle.clear()
+        self._count = 0
+        await asyncio.gather(*self._closing)  # a cancelled close() cancels them: they abort
+
+    def _take(self, key: _PoolKey) -> _Idle | None:
+        """The most recently parked connection for `key` that is still open, or None."""
+        if self._closed:
+            return None
+        self._sweep()
+        stack = self._idle.get(key)
+        while stack:
+            idle = stack.pop()
+            self._count -= 1
+            if not stack:
+                del self._idle[key]
+            if idle.client.is_connected:
+                return idle
+            _drop(idle)  # the server closed it while it was idle
+        return None
+
+    def _has_room(self, key: _PoolKey, uses: int) -> bool:
+        """Would a connection that has carried `uses` transactions be parked under `key`?"""
+        parked = len(self._idle.get(key, ()))
+        return not self._closed and uses < self._max_uses and parked < self._max_per_destination
+
+    def _park(self, key: _PoolKey, idle: _Idle) -> bool:
+        """Keep `idle` for the next session with `key`; False when the caller must close it."""
+        if not self._has_room(key, idle.uses):
+            return False
+        self._sweep()
+        if self._count >= self._max_idle:
+            self._retire_oldest()
+        idle.since = self._clock()
+        self._idle.setdefault(key, []).append(idle)
+        self._count += 1
+        return True
+
+    def _sweep(self) -> None:
+        """Retire the connections idle for idle_seconds or longer."""
+        deadline = self._clock() - self._idle_seconds
+        for key in list(self._idle):
+            stack = self._idle[key]
+            while stack and stack[0].since <= deadline:
+                self._retire(stack.pop(0))
+                self._count -= 1
+            if not stack:
+                del self._idle[key]
+
+    def _retire_oldest(self) -> None:
+        key = min(self._idle, key=lambda k: self._idle[k][0].since)
+        stack = self._idle[key]
+        self._retire(stack.pop(0))
+        self._count -= 1
+        if not stack:
+            del self._idle[key]
+
+    def _retire(self, idle: _Idle) -> None:
+        """Close a connection the pool lets go: QUIT in a task the pool owns, as it may take a while."""
+        if not idle.client.is_connected:
+            _drop(idle)
+            return
+        task = asyncio.get_running_loop().create_task(_quit_and_drop(idle))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+
+async def _quit_and_drop(idle: _Idle) -> None:
+    try:
+        await _quit(idle.client)
+    finally:
+        _drop(idle)
+
+
+def _drop(idle: _Idle) -> None:
+    idle.client.close()
+    if idle.transport is not None:
+        idle.transport.abort()
 
 
 @dataclass
@@ -106,6 +274,8 @@ class _Progress:
     stage: Stage = Stage.MAIL
     mail: Response | None = None
     rcpt: Response | None = None
+    reusable: bool = False  # past EHLO, STARTTLS and AUTH, and every reply in its place
+    failure: Exception | None = None  # what ended the connection, when no reply did
 
     def result(self, response: Response) -> AttemptResult:
         """The attempt ends with `response` at the current stage."""
@@ -129,7 +299,9 @@ class SmtpSession:
 
     `server_name` is the name the TLS certificate is checked against and that remote_host shows
     (the MX host name when `host` is its address). Line endings are sent as CRLF and a final
-    CRLF is added when missing (aiosmtplib does both).
+    CRLF is added when missing (aiosmtplib does both). With a `pool`, envelope() first tries an
+    idle connection to the same host:port with the same options, and close() parks the
+    connection there once its transaction is over.
     """
 
     def __init__(
@@ -140,6 +312,7 @@ class SmtpSession:
         options: SmtpOptions,
         *,
         server_name: str | None = None,
+        pool: ConnectionPool | None = None,
     ) -> None:
         name = server_name or host
         self.remote_host: str = _remote_host(name, host, port)
@@ -151,6 +324,8 @@ class SmtpSession:
         self._progress = _Progress(self.remote_host, self._tls_name)
         self._client: aiosmtplib.SMTP | None = None
         self._transport: asyncio.Transport | None = None  # the TCP transport under any TLS
+        self._pool, self._key = pool, _PoolKey.of(host, port, options, self._tls_name)
+        self._uses = 0  # transactions on the current connection, this one included
 
     async def __aenter__(self) -> SmtpSession:
         return self
@@ -195,14 +370,14 @@ class SmtpSession:
         return self._result
 
     async def close(self) -> None:
-        """QUIT when a connection is open and idle (bounded by command_timeout); always release it."""
+        """Park or QUIT an idle connection (bounded by command_timeout); always release it."""
         self._closed = True
-        client = self._client
         try:
-            if client is not None and self._state not in (_State.ENVELOPE, _State.DATA):
-                await _quit(client)
+            if self._state not in (_State.ENVELOPE, _State.DATA):
+                await self._release()
         finally:
-            # A running envelope() or data() sees the connection end and returns a 4xx.
+            # A running envelope() or data() sees the connection end and returns a 4xx; a
+            # connection in the middle of a transaction is never parked.
             self._abort()
 
     def _expect(self, state: _State, call: str) -> None:
@@ -214,6 +389,12 @@ class SmtpSession:
         refusal = _envelope_refusal(info.mail_from, info.rcpt_to)
         if refusal is not None:
             return AttemptResult.failed_at(*refusal, remote_host=self.remote_host)
+        idle = self._pool._take(self._key) if self._pool is not None else None
+        if idle is not None:
+            result = await self._reuse(idle)
+            if not self._went_stale(result):
+                return result
+            log.debug("idle connection to %s had ended (%s); connecting again", self.remote_host, result.mail)
         result = await self._connect_and_send_envelope(self._options)
         retry = self._client is None and not self._closed and self._progress.step == "STARTTLS"
         if retry and self._options.starttls == "opportunistic":
@@ -224,7 +405,7 @@ class SmtpSession:
         return result
 
     async def _connect_and_send_envelope(self, options: SmtpOptions) -> AttemptResult:
-        """One connection up to RCPT: every failure becomes a result at the stage where it happened."""
+        """One new connection up to RCPT."""
         self._progress = progress = _Progress(self.remote_host, self._tls_name)
         self._client = client = aiosmtplib.SMTP(
             hostname=self._host,
@@ -234,23 +415,79 @@ class SmtpSession:
             start_tls=False,
             validate_certs=options.verify_tls,
         )
+        self._uses = 1
+        return await self._converse(progress, self._connect_then_envelope(client, progress, options))
+
+    async def _connect_then_envelope(
+        self, client: aiosmtplib.SMTP, progress: _Progress, options: SmtpOptions
+    ) -> AttemptResult:
+        await client.connect(timeout=options.connect_timeout)
+        if isinstance(client.transport, asyncio.Transport):
+            self._transport = client.transport
+        if self._closed:  # close() ran while we were connecting
+            raise aiosmtplib.SMTPServerDisconnected("session closed")
+        return await _envelope_commands(client, progress, self._info, options)
+
+    async def _reuse(self, idle: _Idle) -> AttemptResult:
+        """MAIL and RCPT on a pooled connection, which is past EHLO, STARTTLS and AUTH already."""
+        self._progress = progress = _Progress(self.remote_host, self._tls_name, step="MAIL", reusable=True)
+        self._client, self._transport, self._uses = idle.client, idle.transport, idle.uses + 1
+        idle.client.timeout = self._options.command_timeout
+        return await self._converse(progress, _transaction_commands(idle.client, progress, self._info))
+
+    async def _converse(self, progress: _Progress, commands: Awaitable[AttemptResult]) -> AttemptResult:
+        """Run `commands` up to RCPT: every failure becomes a result at the stage where it happened.
+
+        The connection stays open for data() only when MAIL and RCPT were accepted; after a
+        refusal it goes back to the pool (or gets its QUIT) at once.
+        """
         try:
-            await client.connect(timeout=options.connect_timeout)
-            if isinstance(client.transport, asyncio.Transport):
-                self._transport = client.transport
-            if self._closed:  # close() ran while we were connecting
-                raise aiosmtplib.SMTPServerDisconnected("session closed")
-            result = await _envelope_commands(client, progress, self._info, options)
+            result = await commands
         except aiosmtplib.SMTPResponseException as exc:
             result = progress.result(_reply(exc.code, exc.message, progress))
         except (aiosmtplib.SMTPException, OSError) as exc:
+            progress.failure = exc
             result = progress.result(_failure(exc, progress))
         else:
             if _accepted(result):
                 return result
-            await _quit(client)
+            await self._release()
         self._abort()
         return result
+
+    def _went_stale(self, result: AttemptResult) -> bool:
+        """A reused connection's MAIL met a closed connection or a 421: the server timed it out."""
+        progress = self._progress
+        if self._closed or progress.step != "MAIL":
+            return False
+        lost = isinstance(progress.failure, (aiosmtplib.SMTPServerDisconnected, ConnectionError))
+        return lost or (result.mail is not None and result.mail.code == 421)
+
+    async def _release(self) -> None:
+        """Park the connection in the pool when it will take it, QUIT it otherwise; let it go."""
+        client = self._client
+        if client is None:
+            return
+        if not await self._park(client):
+            await _quit(client)
+        self._abort()
+
+    async def _park(self, client: aiosmtplib.SMTP) -> bool:
+        """RSET (RFC 5321 §4.1.1.5) a connection between transactions and hand it to the pool."""
+        pool = self._pool
+        if pool is None or not self._progress.reusable or not client.is_connected:
+            return False
+        if not pool._has_room(self._key, self._uses):
+            return False
+        try:
+            reply = await client.execute_command(b"RSET")
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            log.debug("RSET to %s failed: %s", self.remote_host, exc)
+            return False
+        if reply.code != 250 or not pool._park(self._key, _Idle(client, self._transport, self._uses, 0.0)):
+            return False
+        self._client, self._transport = None, None
+        return True
 
     async def _data(self, message: bytes) -> AttemptResult:
         progress, client = self._progress, self._client
@@ -280,14 +517,22 @@ class MxSession:
     """An UpstreamSession to a recipient domain: its destinations are tried inside envelope().
 
     The next destination is tried after a connection failure or a 4xx before any RCPT answer;
-    data() goes to the connection that gave the RCPT answer.
+    data() goes to the connection that gave the RCPT answer. A `pool` is keyed by the address
+    each destination's session connects to.
     """
 
     def __init__(
-        self, resolver: MxResolver, domain: str, port: int, info: EnvelopeInfo, options: SmtpOptions
+        self,
+        resolver: MxResolver,
+        domain: str,
+        port: int,
+        info: EnvelopeInfo,
+        options: SmtpOptions,
+        *,
+        pool: ConnectionPool | None = None,
     ) -> None:
         self._resolver, self._domain, self._port = resolver, domain, port
-        self._info, self._options = info, options
+        self._info, self._options, self._pool = info, options, pool
         self._current: SmtpSession | None = None
         self._result: AttemptResult | None = None
         self._closed = False
@@ -318,7 +563,12 @@ class MxSession:
             if self._closed:
                 break
             self._current = SmtpSession(
-                destination.address, self._port, self._info, self._options, server_name=destination.host
+                destination.address,
+                self._port,
+                self._info,
+                self._options,
+                server_name=destination.host,
+                pool=self._pool,
             )
             self._result = await self._current.envelope()
             if not _try_next_destination(self._result):
@@ -350,14 +600,16 @@ async def send_message(
     options: SmtpOptions,
     smtputf8: bool | None = None,
     server_name: str | None = None,
+    pool: ConnectionPool | None = None,
 ) -> AttemptResult:
     """Deliver `message` to one recipient over one connection to host:port; never raises on SMTP.
 
-    `server_name` is as for SmtpSession. `smtputf8=True` marks a message whose headers need
-    SMTPUTF8 (RFC 6531); non-ASCII addresses need it in any case.
+    `server_name` and `pool` are as for SmtpSession. `smtputf8=True` marks a message whose
+    headers need SMTPUTF8 (RFC 6531); non-ASCII addresses need it in any case.
     """
     info = EnvelopeInfo.for_message(mail_from, rcpt_to, message, smtputf8=bool(smtputf8))
-    return await _deliver(SmtpSession(host, port, info, options, server_name=server_name), message)
+    session = SmtpSession(host, port, info, options, server_name=server_name, pool=pool)
+    return await _deliver(session, message)
 
 
 async def deliver_via_mx(
@@ -370,10 +622,11 @@ async def deliver_via_mx(
     message: bytes,
     options: SmtpOptions,
     smtputf8: bool | None = None,
+    pool: ConnectionPool | None = None,
 ) -> AttemptResult:
     """Resolve `domain` and try its destinations in order until one gives a decisive answer."""
     info = EnvelopeInfo.for_message(mail_from, rcpt_to, message, smtputf8=bool(smtputf8))
-    return await _deliver(MxSession(resolver, domain, port, info, options), message)
+    return await _deliver(MxSession(resolver, domain, port, info, options, pool=pool), message)
 
 
 async def _deliver(session: UpstreamSession, message: bytes) -> AttemptResult:
@@ -403,9 +656,17 @@ async def _envelope_commands(
     """EHLO, STARTTLS and AUTH as configured, then MAIL and RCPT; a refusal ends it early."""
     await _hello(client, progress, options)
     refusal = await _start_tls(client, progress, options) or await _login(client, progress, options)
-    params: list[bytes] = []
-    if refusal is None:
-        params, refusal = _mail_parameters(client, progress, info)
+    if refusal is not None:
+        return progress.result(refusal)
+    progress.reusable = True
+    return await _transaction_commands(client, progress, info)
+
+
+async def _transaction_commands(
+    client: aiosmtplib.SMTP, progress: _Progress, info: EnvelopeInfo
+) -> AttemptResult:
+    """MAIL and RCPT with the parameters the message needs; a local refusal sends neither."""
+    params, refusal = _mail_parameters(client, progress, info)
     if refusal is not None:
         return progress.result(refusal)
     encoding = "utf-8" if b"SMTPUTF8" in params else "ascii"
@@ -521,6 +782,7 @@ def _reply(code: int, message: str, progress: _Progress) -> Response:
     text = _clean(message)
     if 200 <= code <= 599 and code // 100 != 3:
         return Response(code, text)
+    progress.reusable = False  # out of step with the server: RSET's reply could be anything's
     unexpected = f"4.5.0 unexpected reply to {progress.step} from {progress.remote_host}"
     return Response(451, f"{unexpected}: {code} {text}".rstrip())
 

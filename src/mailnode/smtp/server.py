@@ -587,15 +587,8 @@ class _Handler:
     # AUTH mechanisms (RFC 4616 PLAIN, and LOGIN); they replace aiosmtpd's built-in ones.
 
     async def auth_PLAIN(self, server: _Session, args: list[str]) -> AuthResult:
-        blob: object
-        if len(args) == 1:
-            blob = await server.challenge_auth("")
-        else:
-            blob = _b64decode(args[1])
-            if blob is None:
-                await server.push(_Reply("501 5.5.2 cannot decode the base64 argument"))
-                return AuthResult(success=False, handled=True)
-        if not isinstance(blob, bytes):  # aiosmtpd has answered (the client sent "*" or bad base64)
+        blob = await _first_response(server, args, "")
+        if blob is None:
             return AuthResult(success=False, handled=True)
         parts = blob.split(b"\0")
         if len(parts) != 3:
@@ -607,15 +600,8 @@ class _Handler:
         return await self._check(server, login, password)
 
     async def auth_LOGIN(self, server: _Session, args: list[str]) -> AuthResult:
-        login: object
-        if len(args) == 1:
-            login = await server.challenge_auth("Username:")
-        else:
-            login = _b64decode(args[1])
-            if login is None:
-                await server.push(_Reply("501 5.5.2 cannot decode the base64 argument"))
-                return AuthResult(success=False, handled=True)
-        if not isinstance(login, bytes):  # aiosmtpd has answered (the client sent "*" or bad base64)
+        login = await _first_response(server, args, "Username:")
+        if login is None:
             return AuthResult(success=False, handled=True)
         password = await server.challenge_auth("Password:")
         if not isinstance(password, bytes):
@@ -700,6 +686,22 @@ def _asks_to_relay(address: str) -> bool:
 def _routed(listener: _Listener, domain: str) -> bool:
     routes: tuple[IngressRoute, ...] = listener.owner.config.ingress.routes
     return match_route(routes, domain) is not None
+
+
+async def _first_response(server: _Session, args: list[str], challenge: str) -> bytes | None:
+    """The client's first SASL response: inline (AUTH X <base64>) or after a 334 challenge.
+
+    None when the exchange is over already: the client cancelled with "*", or sent bad base64
+    (both answered here or by aiosmtpd).
+    """
+    if len(args) == 1:
+        response: object = await server.challenge_auth(challenge)
+    else:
+        response = _b64decode(args[1])
+        if response is None:
+            await server.push(_Reply("501 5.5.2 cannot decode the base64 argument"))
+            return None
+    return response if isinstance(response, bytes) else None
 
 
 def _b64decode(text: str) -> bytes | None:
