@@ -495,14 +495,18 @@ class SmtpSession:
             # The server gave up on us while the message was on its way (an idle timeout).
             self._abort()
             return progress.result(Response(451, f"4.4.2 connection to {self.remote_host} lost before DATA"))
+        reusable, progress.reusable = progress.reusable, False  # until the DATA reply is in
         try:
             reply = await client.data(message)
-            return progress.result(_reply(reply.code, reply.message, progress))
         except aiosmtplib.SMTPResponseException as exc:
-            return progress.result(_reply(exc.code, exc.message, progress))
+            code, text = exc.code, exc.message
         except (aiosmtplib.SMTPException, OSError) as exc:
             self._abort()
             return progress.result(_failure(exc, progress))
+        else:
+            code, text = reply.code, reply.message
+        progress.reusable = reusable
+        return progress.result(_reply(code, text, progress))
 
     def _abort(self) -> None:
         """Release the socket now: close() would wait for unsent data a stuck peer never reads."""
@@ -763,7 +767,10 @@ def _mail_parameters(
 
 
 async def _command(client: aiosmtplib.SMTP, progress: _Progress, *args: bytes) -> Response:
+    # A command still waiting for its reply leaves the connection out of step: not reusable.
+    reusable, progress.reusable = progress.reusable, False
     reply = await client.execute_command(*args)
+    progress.reusable = reusable
     return _reply(reply.code, reply.message, progress)
 
 
