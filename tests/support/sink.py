@@ -66,6 +66,17 @@ class Sink:
         return sum(1 for session in self._sessions if session.transport is not None)
 
     @property
+    def open_transactions(self) -> int:
+        """Open connections with a transaction under way: MAIL accepted, no RSET or end of DATA yet."""
+        return sum(
+            1
+            for session in self._sessions
+            if session.transport is not None
+            and session.envelope is not None
+            and session.envelope.mail_from is not None
+        )
+
+    @property
     def connections(self) -> int:
         """Client connections accepted so far, open or closed."""
         return len(self._sessions)
@@ -95,6 +106,11 @@ class Sink:
         """Wait until every client connection has ended; AssertionError on timeout."""
         if not await self._wait_until(lambda: self.open_connections == 0, timeout):
             raise AssertionError(f"{self.open_connections} connections still open after {timeout} s")
+
+    async def wait_no_transaction(self, timeout: float = 10.0) -> None:
+        """Wait until no transaction is open (ended by DATA, RSET or a close); AssertionError if one is."""
+        if not await self._wait_until(lambda: self.open_transactions == 0, timeout):
+            raise AssertionError(f"{self.open_transactions} transactions still open after {timeout} s")
 
     async def wait_open_connections(self, n: int, timeout: float = 10.0) -> None:
         """Wait until at most n client connections are open; AssertionError on timeout."""
@@ -182,6 +198,10 @@ class _Handler:
             envelope.rcpt_options.extend(options)
             return "250 2.1.5 OK"
         return status
+
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.sink._changed.set()
+        return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if not self.lmtp:

@@ -15,7 +15,14 @@ from mailnode.core.outcome import AttemptResult, Stage
 from mailnode.core.response import Response, permanent
 from mailnode.core.transaction import TransactionRecord
 from mailnode.router.http_endpoint import HttpEndpoint
-from mailnode.smtp.client import EnvelopeInfo, MxSession, SmtpOptions, SmtpSession, UpstreamSession
+from mailnode.smtp.client import (
+    ConnectionPool,
+    EnvelopeInfo,
+    MxSession,
+    SmtpOptions,
+    SmtpSession,
+    UpstreamSession,
+)
 from mailnode.smtp.mx import MxResolver
 from mailnode.storage.store import Store
 
@@ -84,26 +91,42 @@ class CaptureEndpoint:
 
 
 class RelayEndpoint:
-    """Everything to one SMTP or LMTP server (a smarthost, or an ingress route's mailbox server)."""
+    """Everything to one SMTP or LMTP server (a smarthost, or an ingress route's mailbox server).
 
-    def __init__(self, name: str, host: str, port: int, options: SmtpOptions) -> None:
+    With a `pool` (which the endpoint owns and closes), sessions reuse idle connections.
+    """
+
+    def __init__(
+        self, name: str, host: str, port: int, options: SmtpOptions, pool: ConnectionPool | None = None
+    ) -> None:
         self.name = name
-        self._host, self._port, self._options = host, port, options
+        self._host, self._port, self._options, self._pool = host, port, options, pool
 
     def destination(self, record: TransactionRecord) -> str:
         return f"{self._host}:{self._port}"
 
     def session(self, record: TransactionRecord, info: EnvelopeInfo) -> UpstreamSession:
-        return SmtpSession(self._host, self._port, info, self._options)
+        return SmtpSession(self._host, self._port, info, self._options, pool=self._pool)
+
+    async def close(self) -> None:
+        """QUIT the idle connections."""
+        if self._pool is not None:
+            await self._pool.close()
 
 
 class MxEndpoint:
-    """Direct delivery to the recipient domain's MX hosts, in preference order."""
+    """Direct delivery to the recipient domain's MX hosts, in preference order.
+
+    With a `pool` (which the endpoint owns and closes), sessions reuse idle connections to an
+    MX address, whichever domain they were opened for.
+    """
 
     name = "mx"
 
-    def __init__(self, resolver: MxResolver, port: int, options: SmtpOptions) -> None:
-        self._resolver, self._port, self._options = resolver, port, options
+    def __init__(
+        self, resolver: MxResolver, port: int, options: SmtpOptions, pool: ConnectionPool | None = None
+    ) -> None:
+        self._resolver, self._port, self._options, self._pool = resolver, port, options, pool
 
     def destination(self, record: TransactionRecord) -> str:
         return record.rcpt_to.rpartition("@")[2].lower()
@@ -114,7 +137,12 @@ class MxEndpoint:
         except AddressError as exc:
             refusal = permanent(f"bad recipient address: {exc}", "5.1.3")
             return _FailedSession(AttemptResult.failed_at(Stage.RCPT, refusal))
-        return MxSession(self._resolver, domain, self._port, info, self._options)
+        return MxSession(self._resolver, domain, self._port, info, self._options, pool=self._pool)
+
+    async def close(self) -> None:
+        """QUIT the idle connections."""
+        if self._pool is not None:
+            await self._pool.close()
 
 
 def smtp_options(config: Config, *, authenticate: bool = False, lmtp: bool = False) -> SmtpOptions:
@@ -130,6 +158,14 @@ def smtp_options(config: Config, *, authenticate: bool = False, lmtp: bool = Fal
     )
 
 
+def connection_pool(config: Config) -> ConnectionPool:
+    """Idle connections for one endpoint: no more than its deliveries could use at once."""
+    delivery = config.delivery
+    return ConnectionPool(
+        max_idle_per_destination=delivery.per_destination_concurrency, max_idle=delivery.concurrency
+    )
+
+
 def build_endpoint(config: Config, store: Store, resolver: MxResolver) -> Endpoint:
     """The endpoint `[delivery] mode` asks for."""
     delivery = config.delivery
@@ -138,8 +174,9 @@ def build_endpoint(config: Config, store: Store, resolver: MxResolver) -> Endpoi
     if delivery.mode == "smarthost":
         assert delivery.smarthost is not None  # checked by the config loader
         host, port = delivery.smarthost.host, delivery.smarthost.port
-        return RelayEndpoint("smarthost", host, port, smtp_options(config, authenticate=True))
-    return MxEndpoint(resolver, delivery.port, smtp_options(config))
+        options = smtp_options(config, authenticate=True)
+        return RelayEndpoint("smarthost", host, port, options, connection_pool(config))
+    return MxEndpoint(resolver, delivery.port, smtp_options(config), connection_pool(config))
 
 
 def endpoint_from_spec(spec: str, config: Config, store: Store) -> Endpoint:
@@ -150,4 +187,5 @@ def endpoint_from_spec(spec: str, config: Config, store: Store) -> Endpoint:
         return HttpEndpoint(spec, timeout=config.delivery.command_timeout_seconds)
     kind, _, target = spec.partition(":")
     address = HostPort.parse(target)
-    return RelayEndpoint(spec, address.host, address.port, smtp_options(config, lmtp=kind == "lmtp"))
+    options = smtp_options(config, lmtp=kind == "lmtp")
+    return RelayEndpoint(spec, address.host, address.port, options, connection_pool(config))
