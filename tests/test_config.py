@@ -65,6 +65,10 @@ def test_values_are_converted_and_profiles_merge_with_the_defaults() -> None:
         ({"dkim": {"example.com": {"selector": "s1"}}}, "dkim.example.com:"),
         ({"dkim": {"example.com": {"selector": "s", "key_file": "/nonexistent"}}}, "no such file"),
         ({"storage": {"sqlite_synchronous": "off"}}, "storage.sqlite_synchronous: must be one of"),
+        (
+            {"smtp": {"auth_throttle": {"ban_after_failures": 0}}},
+            "smtp.auth_throttle.ban_after_failures: must be at least 1",
+        ),
     ],
 )
 def test_bad_values_name_the_key_and_the_reason(data: dict, message: str) -> None:

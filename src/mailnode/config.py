@@ -180,6 +180,22 @@ class ImplicitTlsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthThrottleConfig:
+    """How failed AUTH attempts from one client IP are slowed down and then refused."""
+
+    # The n-th failure in a row is answered after first_delay * 2**(n-1) seconds, at most max_delay.
+    first_delay_seconds: float = field(default=1.0, metadata=_check(_non_negative))
+    max_delay_seconds: float = field(default=8.0, metadata=_check(_non_negative))
+    # After this many failures in a row the IP is refused (421) for ban_seconds.
+    ban_after_failures: int = field(default=10, metadata=_check(_at_least_one))
+    ban_seconds: float = field(default=900.0, metadata=_check(_non_negative))
+    # A client with no failure for this long starts again from zero.
+    forget_after_seconds: float = field(default=900.0, metadata=_check(_positive))
+    # The table is bounded: past this many IPs the one idle longest is forgotten.
+    max_clients: int = field(default=10_000, metadata=_check(_at_least_one))
+
+
+@dataclass(frozen=True, slots=True)
 class SmtpConfig:
     # The name in the greeting and EHLO answer; empty: the top-level hostname.
     hostname: str = ""
@@ -192,6 +208,7 @@ class SmtpConfig:
     submission: SubmissionConfig = SubmissionConfig()
     ingress: IngressListenerConfig = IngressListenerConfig()
     submission_tls: ImplicitTlsConfig = ImplicitTlsConfig()
+    auth_throttle: AuthThrottleConfig = AuthThrottleConfig()
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,29 +7,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mailnode.config import AuthThrottleConfig
 from mailnode.platform.keys import verify_api_key
 from mailnode.storage.store import ApiKeyRecord, Store
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class ThrottleSettings:
-    """How failed AUTH attempts from one client IP are slowed down and then refused."""
-
-    # The n-th failure in a row is answered after first_delay * 2**(n-1) seconds, at most max_delay.
-    first_delay_seconds: float = 1.0
-    max_delay_seconds: float = 8.0
-    # After this many failures in a row the IP is refused (421) for ban_seconds.
-    ban_after_failures: int = 10
-    ban_seconds: float = 900.0
-    # A client with no failure for this long starts again from zero.
-    forget_after_seconds: float = 900.0
-    # The table is bounded: past this many IPs the one idle longest is forgotten.
-    max_clients: int = 10_000
-
-
-DEFAULT_THROTTLE = ThrottleSettings()
+# The settings live in the config ([smtp.auth_throttle]); this module only applies them.
+ThrottleSettings = AuthThrottleConfig
 
 
 @dataclass(slots=True)

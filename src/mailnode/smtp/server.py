@@ -32,7 +32,7 @@ from mailnode.core.response import Response
 from mailnode.errors import ConfigError, MailnodeError
 from mailnode.router.exploder import DownstreamTransaction, Exploder, SmtpClient
 from mailnode.router.routes import match_route
-from mailnode.smtp.auth import DEFAULT_THROTTLE, AuthThrottle, ThrottleSettings, authenticate, sender_allowed
+from mailnode.smtp.auth import AuthThrottle, ThrottleSettings, authenticate, sender_allowed
 from mailnode.smtp.peer import CHECK_UNAVAILABLE, FCRDNS_FAILED, HELO_FAILED, DnsUnavailable, PeerChecker
 from mailnode.storage.store import ApiKeyRecord, Store
 
@@ -143,10 +143,11 @@ class SmtpListeners:
         store: Store,
         tls_context: ssl.SSLContext | None,
         clock: Callable[[], float] = time.time,
-        throttle: ThrottleSettings = DEFAULT_THROTTLE,
+        throttle: ThrottleSettings | None = None,
         sleep: Sleep = asyncio.sleep,
     ) -> SmtpListeners:
         """Listen on every enabled [smtp.*] address; on failure nothing is left listening."""
+        throttle = throttle or config.smtp.auth_throttle
         self = cls(config, exploder=exploder, store=store, clock=clock, throttle=throttle, sleep=sleep)
         try:
             for listener in self._plan(tls_context):
