@@ -2,9 +2,10 @@
 """Benchmark the REST path: HTTP transactions delivered to a loopback SMTP sink, against direct SMTP.
 
 Each run sends the same N messages twice, at the same concurrency C, to one SMTP sink:
-  reference  straight to the sink with aiosmtplib, one connection per message (as mailnode does);
+  reference  straight to the sink with aiosmtplib, a new SMTP connection for every message
+             (connect, EHLO, MAIL, RCPT, DATA, QUIT);
   mailnode   as transactions POSTed to a fresh `mailnode serve`, which delivers them to the sink
-             through its output handler in smarthost mode.
+             through its output handler in smarthost mode (over its pool of reused connections).
 It reports messages/s for both, their ratio (the issue's target: >= 0.5), and per-message
 create->delivered latency, as min/median/max over the runs, plus the CPU time each process
 spent per message.
@@ -27,37 +28,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import email.utils
 import json
-import os
-import platform
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from benchlib.venv import ROOT, reexec_under_project_venv
+
 try:
     import aiohttp
     import aiosmtplib
-    from benchlib.mailnode import MailnodeProcess, create_api_key, start_mailnode
-    from benchlib.processes import process_cpu_seconds
+    from benchlib.cli import add_mailnode_arguments, add_output_arguments, run_benchmark, shared_options
+    from benchlib.load import CpuMeter, run_workers
+    from benchlib.mailnode import MailnodeProcess, base_config, create_api_key, running_mailnode
+    from benchlib.messages import rfc822_message
+    from benchlib.report import environment, write_report
     from benchlib.sink import Arrivals, SinkProcess
     from benchlib.stats import Spread, percentile
-
-    import mailnode
 except ModuleNotFoundError:
-    from benchlib.venv import reexec_under_project_venv
-
     reexec_under_project_venv(__file__)
-    raise
 
-ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 MAIL_FROM = "bench@mailnode.bench"
 WARMUP = 100  # messages sent before each measured phase and not counted
@@ -103,21 +97,9 @@ class RunResult:
 # -- messages -------------------------------------------------------------------------------
 
 
-def rfc822_message(tag: str, index: int, size: int) -> bytes:
-    """A plain ASCII message of about `size` bytes whose X-Bench-Id header the sink reports."""
-    headers = (
-        f"From: Bench <{MAIL_FROM}>\r\n"
-        f"To: <{recipient(index)}>\r\n"
-        f"Subject: bench message {index}\r\n"
-        f"Date: {email.utils.formatdate(localtime=False)}\r\n"
-        f"Message-ID: <{tag}@mailnode.bench>\r\n"
-        f"X-Bench-Id: {tag}\r\n"
-        "\r\n"
-    ).encode()
-    line = b"The quick brown fox jumps over the lazy dog; pack my box with five dozen jugs.\r\n"
-    body_size = max(size - len(headers), len(line))
-    body = (line * (body_size // len(line) + 1))[:body_size]
-    return headers + body[: len(body) - 2] + b"\r\n"
+def bench_message(tag: str, index: int, size: int) -> bytes:
+    """Message `index` of the phase `tag`: the sink knows it by X-Bench-Id "{tag}.{index}"."""
+    return rfc822_message(f"{tag}.{index}", MAIL_FROM, recipient(index), size)
 
 
 def recipient(index: int) -> str:
@@ -134,44 +116,6 @@ def transaction_json(message: bytes, index: int) -> bytes:
 
 
 # -- measuring ------------------------------------------------------------------------------
-
-
-class CpuMeter:
-    """CPU seconds used by this process and the children named, between start() and stop()."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self._pids = pids
-        self._start: dict[str, float | None] = {}
-
-    def _now(self) -> dict[str, float | None]:
-        own = os.times()
-        readings: dict[str, float | None] = {"bench client": own.user + own.system}
-        readings.update({name: process_cpu_seconds(pid) for name, pid in self._pids.items()})
-        return readings
-
-    def start(self) -> None:
-        self._start = self._now()
-
-    def per_message_ms(self, n: int) -> dict[str, float | None]:
-        end = self._now()
-        result: dict[str, float | None] = {}
-        for name, before in self._start.items():
-            after = end.get(name)
-            result[name] = None if before is None or after is None else (after - before) * 1000 / n
-        return result
-
-
-async def run_workers(n: int, concurrency: int, send: Callable[[int], Awaitable[None]]) -> None:
-    """Call send(0..n-1) with at most `concurrency` calls in progress."""
-    indices = iter(range(n))
-
-    async def worker() -> None:
-        for index in indices:
-            await send(index)
-
-    async with asyncio.TaskGroup() as group:
-        for _ in range(min(concurrency, n)):
-            group.create_task(worker())
 
 
 def phase_result(
@@ -192,7 +136,7 @@ def phase_result(
 
 async def reference_phase(sink: SinkProcess, tag: str, n: int, options: Options) -> PhaseResult:
     """Send n messages straight to the sink with aiosmtplib: connect, EHLO, MAIL, RCPT, DATA, QUIT."""
-    messages = [rfc822_message(f"{tag}.{i}", i, options.size) for i in range(n)]
+    messages = [bench_message(tag, i, options.size) for i in range(n)]
     arrivals = sink.expect(tag, n)
     send_times: dict[int, float] = {}
     cpu = CpuMeter({"sink": sink.child.pid})
@@ -219,7 +163,7 @@ async def mailnode_phase(
     With --closed-loop a worker posts its next transaction only after the sink got the last
     one, so C transactions are in flight end to end, as in the reference.
     """
-    payloads = [transaction_json(rfc822_message(f"{tag}.{i}", i, options.size), i) for i in range(n)]
+    payloads = [transaction_json(bench_message(tag, i, options.size), i) for i in range(n)]
     arrivals = sink.expect(tag, n)
     send_times: dict[int, float] = {}
     locations: list[str] = []
@@ -280,15 +224,9 @@ def mailnode_config(data_dir: Path, sink: SinkProcess, options: Options) -> str:
     Delivery concurrency is C, also per destination (every message goes to the one smarthost),
     so mailnode may hold as many SMTP connections as the reference does.
     """
-    return f"""
-hostname = "mailnode.bench"
-log_level = "{options.log_level}"
-[storage]
-url = "sqlite+aiosqlite:///{data_dir}/mailnode.db"
-sqlite_synchronous = "{options.sqlite_synchronous}"
-[http]
-listen = "{HOST}:0"
-# The SMTP listeners are not measured here; free ports keep two runs from colliding.
+    return (
+        base_config(data_dir, HOST, options.log_level, options.sqlite_synchronous)
+        + f"""# The SMTP listeners are not measured here; free ports keep two runs from colliding.
 [smtp.submission]
 listen = "{HOST}:0"
 [smtp.ingress]
@@ -304,6 +242,7 @@ command_timeout_seconds = 30
 # A failed delivery must surface (the read-back check reports it), not be retried quietly.
 max_attempts = 1
 """
+    )
 
 
 async def one_run(sink: SinkProcess, run: int, options: Options) -> RunResult:
@@ -315,14 +254,9 @@ async def one_run(sink: SinkProcess, run: int, options: Options) -> RunResult:
         config = Path(tmp) / "mailnode.toml"
         config.write_text(mailnode_config(Path(tmp), sink, options))
         key = await create_api_key(config)
-        node = await start_mailnode(config)
-        try:
+        async with running_mailnode(config) as node:
             await mailnode_phase(sink, node, key, f"r{run}-mn-warmup", warmup, options)
             measured = await mailnode_phase(sink, node, key, f"r{run}-mn", options.n, options)
-        finally:
-            await node.child.stop()
-        if node.child.process.returncode not in (0, -signal.SIGTERM):
-            raise RuntimeError(node.child.describe_exit())
     return RunResult(reference, measured)
 
 
@@ -385,35 +319,16 @@ def print_summary(summary: dict[str, Spread], options: Options) -> None:
         )
 
 
-def environment() -> dict[str, Any]:
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    return {
-        "mailnode": mailnode.__version__,
-        "commit": commit,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
 def write_json(path: Path, options: Options, results: list[RunResult], summary: dict[str, Spread]) -> None:
     document = {
         "benchmark": "bench_rest",
         "options": {**asdict(options), "json_path": str(options.json_path)},
-        "environment": environment(),
+        # bench_rest's report has no "uncommitted" list; keep its fields as they were.
+        "environment": {k: v for k, v in environment().items() if k != "uncommitted"},
         "runs": [{**asdict(r), "ratio": r.ratio} for r in results],
         "summary": {name: asdict(spread) for name, spread in summary.items()},
     }
-    path.write_text(json.dumps(document, indent=2) + "\n")
+    write_report(path, document)
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -441,15 +356,6 @@ async def bench(options: Options) -> None:
     summary = summarize(results)
     print_summary(summary, options)
     write_json(options.json_path, options, results, summary)
-    print(f"\nfigures written to {options.json_path}")
-
-
-async def main_async(options: Options) -> None:
-    """Run the benchmark; SIGTERM cancels it like Ctrl-C, so every child is stopped."""
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    await bench(options)
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -471,30 +377,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
         help="post the next transaction only after the sink got the previous one "
         "(C transactions in flight end to end); default: post as fast as C requests allow",
     )
-    parser.add_argument(
-        "--sqlite-synchronous",
-        choices=["full", "normal"],
-        default="full",
-        help="mailnode's [storage] sqlite_synchronous (default: %(default)s, mailnode's own default)",
-    )
-    parser.add_argument(
-        "--log-level",
-        choices=["debug", "info", "warning", "error"],
-        default="info",
-        help="mailnode's log_level (default: %(default)s, mailnode's own default)",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=600.0,
-        help="give up (and stop everything) after this many seconds (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--json",
-        type=Path,
-        default=ROOT / "bench-results.json",
-        help="where to write the figures (default: %(default)s)",
-    )
+    add_mailnode_arguments(parser)
+    add_output_arguments(parser, timeout=600.0, json_path=ROOT / "bench-results.json")
     args = parser.parse_args(argv)
     for name in ("n", "concurrency", "runs", "size"):
         if getattr(args, name) < 1:
@@ -505,30 +389,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
         runs=args.runs,
         size=args.size,
         closed_loop=args.closed_loop,
-        sqlite_synchronous=args.sqlite_synchronous,
-        log_level=args.log_level,
-        timeout=args.timeout,
-        json_path=args.json,
+        **shared_options(args),
     )
 
 
-def main() -> None:
-    options = parse_args()
-    try:
-        asyncio.run(main_async(options))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        sys.exit("interrupted; every process the benchmark started is stopped")
-    except (RuntimeError, OSError, ExceptionGroup) as exc:
-        sys.exit("bench_rest: " + "; ".join(str(e) for e in leaf_exceptions(exc)))
-
-
-def leaf_exceptions(exc: BaseException) -> list[BaseException]:
-    """The exceptions inside (nested) exception groups, or [exc]."""
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in leaf_exceptions(inner)]
-    return [exc]
-
-
 if __name__ == "__main__":
-    with contextlib.suppress(BrokenPipeError):
-        main()
+    run_benchmark("bench_rest", parse_args, bench)

@@ -39,8 +39,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import signal
 import socket
 import sys
 import tempfile
@@ -51,25 +49,24 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from benchlib.venv import ROOT, reexec_under_project_venv
+
 try:
     import aiosmtplib
     from benchlib import postfix
+    from benchlib.cli import add_mailnode_arguments, add_output_arguments, run_benchmark, shared_options
     from benchlib.dns import NxDomainServer, nxdomain_server
     from benchlib.load import CpuMeter, run_workers
-    from benchlib.mailnode import MailnodeProcess, create_api_key, start_mailnode
+    from benchlib.mailnode import MailnodeProcess, base_config, create_api_key, running_mailnode
     from benchlib.messages import rfc822_message
     from benchlib.processes import spawn
     from benchlib.profiler import PySpyRecording
-    from benchlib.report import environment, leaf_exceptions
+    from benchlib.report import environment, write_report
     from benchlib.sink import SinkProcess
     from benchlib.stats import Spread, percentile
 except ModuleNotFoundError:
-    from benchlib.venv import reexec_under_project_venv
-
     reexec_under_project_venv(__file__)
-    raise
 
-ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 SENDER_DOMAIN = "mailnode.bench"  # the API key's domain: submission allows MAIL FROM only there
 MAIL_FROM = f"bench@{SENDER_DOMAIN}"
@@ -155,15 +152,9 @@ def mailnode_config(data_dir: Path, sink: SinkProcess, dns: NxDomainServer, opti
     lookup leaves the machine.
     """
     c = options.concurrency
-    return f"""
-hostname = "mailnode.bench"
-log_level = "{options.log_level}"
-[storage]
-url = "sqlite+aiosqlite:///{data_dir}/mailnode.db"
-sqlite_synchronous = "{options.sqlite_synchronous}"
-[http]
-listen = "{HOST}:0"
-[dns]
+    return (
+        base_config(data_dir, HOST, options.log_level, options.sqlite_synchronous)
+        + f"""[dns]
 nameservers = ["{dns.host}:{dns.port}"]
 [delivery]
 mode = "smarthost"
@@ -190,6 +181,7 @@ listen = "{HOST}:0"
 domain = "{INGRESS_DOMAIN}"
 endpoint = "smtp:{sink.host}:{sink.port}"
 """
+    )
 
 
 def free_port(host: str = HOST) -> int:
@@ -428,18 +420,13 @@ async def one_run(
         config.write_text(mailnode_config(Path(tmp), sink, dns, options))
         key = await create_api_key(config, domain=SENDER_DOMAIN)
         listeners = ("submission", "ingress") if options.ingress else ("submission",)
-        node = await start_mailnode(config, smtp_listeners=listeners)
-        try:
+        async with running_mailnode(config, smtp_listeners=listeners) as node:
             peers = Peers(sink, node, key, relay, Path(tmp))
             results = []
             for size in options.sizes:
                 result = await size_run(peers, run, size, options)
                 print_size_run(run, result)
                 results.append(result)
-        finally:
-            await node.child.stop()
-        if node.child.process.returncode not in (0, -signal.SIGTERM):
-            raise RuntimeError(node.child.describe_exit())
         levels = ", ".join(f"{count} {level}" for level, count in sorted(node.log_levels.items()))
         print(f"  mailnode's log in run {run}: {levels or 'nothing'}", flush=True)
         if node.problems:
@@ -592,7 +579,7 @@ def write_json(
             for size, figures in summary.items()
         },
     }
-    path.write_text(json.dumps(document, indent=2) + "\n")
+    write_report(path, document)
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -641,15 +628,6 @@ async def bench(options: Options) -> None:
     summary = summarize(results, options.sizes)
     print_summary(summary, options)
     write_json(options.json_path, options, results, summary)
-    print(f"\nfigures written to {options.json_path}")
-
-
-async def main_async(options: Options) -> None:
-    """Run the benchmark; SIGTERM cancels it like Ctrl-C, so every child is stopped."""
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    await bench(options)
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -681,18 +659,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         action="store_true",
         help="also load mailnode's ingress listener and Postfix with smtp-source (no AUTH)",
     )
-    parser.add_argument(
-        "--sqlite-synchronous",
-        choices=["full", "normal"],
-        default="full",
-        help="mailnode's [storage] sqlite_synchronous (default: %(default)s, mailnode's own default)",
-    )
-    parser.add_argument(
-        "--log-level",
-        choices=["debug", "info", "warning", "error"],
-        default="info",
-        help="mailnode's log_level (default: %(default)s, mailnode's own default)",
-    )
+    add_mailnode_arguments(parser)
     parser.add_argument(
         "--latency-n",
         type=int,
@@ -708,18 +675,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         help="profile mailnode with py-spy during run 1's submission phases (warm-up included); "
         "collapsed stacks go to DIR (flamegraph.pl input) and a summary is printed",
     )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=900.0,
-        help="give up (and stop everything) after this many seconds (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--json",
-        type=Path,
-        default=ROOT / "bench-smtp-results.json",
-        help="where to write the figures (default: %(default)s)",
-    )
+    add_output_arguments(parser, timeout=900.0, json_path=ROOT / "bench-smtp-results.json")
     args = parser.parse_args(argv)
     for name in ("n", "concurrency", "runs"):
         if getattr(args, name) < 1:
@@ -734,24 +690,10 @@ def parse_args(argv: list[str] | None = None) -> Options:
         postfix=not args.no_postfix,
         ingress=args.ingress,
         latency_n=max(0, args.latency_n),
-        sqlite_synchronous=args.sqlite_synchronous,
-        log_level=args.log_level,
         py_spy=args.py_spy,
-        timeout=args.timeout,
-        json_path=args.json,
+        **shared_options(args),
     )
 
 
-def main() -> None:
-    options = parse_args()
-    try:
-        asyncio.run(main_async(options))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        sys.exit("interrupted; every process the benchmark started is stopped")
-    except (RuntimeError, OSError, ExceptionGroup) as exc:
-        sys.exit("bench_smtp: " + "; ".join(str(e) for e in leaf_exceptions(exc)))
-
-
 if __name__ == "__main__":
-    with contextlib.suppress(BrokenPipeError):
-        main()
+    run_benchmark("bench_smtp", parse_args, bench)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import signal
 import sys
 from collections import Counter, deque
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,20 @@ class MailnodeProcess:
     # Log lines by level ("INFO", "WARNING", ...), and the last warnings and errors.
     log_levels: Counter[str] = field(default_factory=Counter)
     problems: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+
+
+def base_config(data_dir: Path, host: str, log_level: str, sqlite_synchronous: str) -> str:
+    """The start of a benchmark's mailnode TOML: its top-level settings, SQLite in data_dir and
+    HTTP on a free port of `host`, ending with a newline: the caller appends its own tables."""
+    return f"""
+hostname = "mailnode.bench"
+log_level = "{log_level}"
+[storage]
+url = "sqlite+aiosqlite:///{data_dir}/mailnode.db"
+sqlite_synchronous = "{sqlite_synchronous}"
+[http]
+listen = "{host}:0"
+"""
 
 
 async def run_cli(*args: str, timeout: float = 60.0) -> str:
@@ -97,3 +113,17 @@ async def start_mailnode(
     except BaseException:
         await child.stop()
         raise
+
+
+@contextlib.asynccontextmanager
+async def running_mailnode(
+    config: Path, timeout: float = 60.0, smtp_listeners: Collection[str] = ()
+) -> AsyncIterator[MailnodeProcess]:
+    """start_mailnode() for the block, stopped after it; raise if it did not exit cleanly."""
+    node = await start_mailnode(config, timeout, smtp_listeners)
+    try:
+        yield node
+    finally:
+        await node.child.stop()
+    if node.child.process.returncode not in (0, -signal.SIGTERM):
+        raise RuntimeError(node.child.describe_exit())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -10,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import mailnode
-
-ROOT = Path(__file__).resolve().parents[2]
+from benchlib.venv import ROOT
 
 
 def environment() -> dict[str, Any]:
@@ -34,6 +34,12 @@ def environment() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def write_report(path: Path, document: dict[str, Any]) -> None:
+    """Write a benchmark's figures to `path` as indented JSON, and say where they went."""
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"\nfigures written to {path}")
 
 
 def _uncommitted() -> list[str] | None:

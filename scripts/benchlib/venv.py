@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 
-def reexec_under_project_venv(script: str) -> None:
+def reexec_under_project_venv(script: str) -> NoReturn:
     """Replace this process with the same script run by .venv's Python, or exit with advice.
 
     Called when the script's dependencies cannot be imported. The venv is the one
@@ -23,3 +24,4 @@ def reexec_under_project_venv(script: str) -> None:
             f"Create the venv first with scripts/test (or scripts/run), then run: {python} {script}"
         )
     os.execv(python, [str(python), script, *sys.argv[1:]])
+    raise AssertionError("unreachable: os.execv does not return")
