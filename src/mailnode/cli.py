@@ -23,6 +23,7 @@ from mailnode.core.apikey import key_hash, key_prefix, new_api_key
 from mailnode.errors import ConfigError, MailnodeError
 from mailnode.service import Service, data_dir
 from mailnode.storage.store import Store
+from mailnode.systemd import Notifier
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -100,9 +101,16 @@ def serve(config_file: str | None) -> None:
 
 async def _serve(config: Config, *, dev_default: bool) -> None:
     stop = asyncio.Event()
+    notifier = Notifier.from_environ(os.environ, pid=os.getpid())
+
+    def shut_down() -> None:
+        if not stop.is_set():
+            notifier.stopping()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, shut_down)
     dev_key = await _ensure_dev_key(config) if dev_default else None
 
     def ready(service: Service) -> None:
@@ -119,8 +127,12 @@ async def _serve(config: Config, *, dev_default: bool) -> None:
             )
             auth = f"Authorization: Bearer {dev_key}"
             click.echo(f"  try:        curl -H '{auth}' {service.base_url}/capture/messages", err=True)
+        smtp = service.smtp.addresses if service.smtp else {}
+        listening = [f"HTTP {service.base_url}"] + [f"SMTP {n} {h}:{p}" for n, (h, p) in smtp.items()]
+        notifier.ready(status="listening: " + ", ".join(listening))  # on_ready: every listener is bound
 
-    await Service(config).run(stop, on_ready=ready)
+    async with notifier.watchdog():
+        await Service(config).run(stop, on_ready=ready)
 
 
 def _dev_key_path(config: Config) -> Path:
