@@ -318,6 +318,9 @@ class Config:
     # The name this server gives itself in Received headers, DSNs and EHLO.
     hostname: str = "localhost"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # On SIGTERM: how long open HTTP requests, SMTP sessions and running deliveries may take,
+    # all together, before what is left is handed back to the queue. Seconds.
+    stop_grace_seconds: float = field(default=10.0, metadata=_check(_non_negative))
     storage: StorageConfig = StorageConfig()
     http: HttpConfig = HttpConfig()
     delivery: DeliveryConfig = DeliveryConfig()

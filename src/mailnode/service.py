@@ -148,7 +148,10 @@ class Service:
     async def _start_http(self, ctx: AppContext) -> None:
         listen = self.config.http.listen
         self._runner = web.AppRunner(
-            create_app(ctx), access_log=None, handle_signals=False, shutdown_timeout=5.0
+            create_app(ctx),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self.config.stop_grace_seconds / 2,
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, listen.host, listen.port)
@@ -192,16 +195,26 @@ class Service:
             except Exception:
                 log.exception("housekeeping failed; trying again in %.0f s", interval)
 
-    async def stop(self, grace: float = 10.0) -> None:
-        """Stop accepting, let running attempts finish within `grace`, hand the rest back."""
-        if self._runner is not None:
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let running work finish within one `grace` budget, hand the rest back.
+
+        The budget ([stop_grace_seconds] by default) is shared by every stage in turn: open HTTP
+        requests, SMTP sessions (whose close may take twice what it is given), running deliveries.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.config.stop_grace_seconds if grace is None else grace)
+
+        def remaining(share: float = 1.0) -> float:
+            return max(deadline - loop.time(), 0.0) * share
+
+        if self._runner is not None:  # built with half the configured budget for open requests
             await self._runner.cleanup()
             self._runner = None
         if self.smtp is not None:
-            await self.smtp.close(grace)
+            await self.smtp.close(remaining(0.5))
             self.smtp = None
         if self.output is not None:
-            await self.output.stop(grace)
+            await self.output.stop(remaining())
         if self._router is not None:
             await self._router.close()
         for task in list(self._tasks):
