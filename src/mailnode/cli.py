@@ -79,9 +79,11 @@ def _setup_logging(level: str) -> None:
 def cli(debug: bool) -> None:
     """mailnode: a mail appliance in one process.
 
-    Accepts mail over a REST API (and, soon, SMTP), delivers it one recipient at a time,
-    retries with backoff and bounces what finally fails. Run `mailnode serve` with no
-    config to try it: nothing leaves the machine, every message lands in the capture store.
+    Accepts mail by SMTP submission (587), SMTP ingress (25) and a REST API, delivers it
+    one recipient at a time (the receiving server's answer while the client waits, when it
+    comes quickly), retries with backoff and bounces what finally fails. Run `mailnode
+    serve` with no config to try it: nothing leaves the machine, every message lands in
+    the capture store.
     """
 
 
