@@ -10,6 +10,7 @@ from aiohttp import web
 from mailnode.api import capture, transactions
 from mailnode.api.context import API_KEY, CONTEXT, AppContext, context
 from mailnode.api.errors import Handler, error_middleware, error_response
+from mailnode.errors import StorageError
 from mailnode.platform.keys import verify_api_key
 from mailnode.storage.store import ApiKeyRecord, Store
 
@@ -18,7 +19,10 @@ log = logging.getLogger(__name__)
 
 # Every kind of authentication failure gets exactly this answer (no hint which part failed).
 _UNAUTHORIZED = ("unauthorized", "missing or invalid API key; send Authorization: Bearer <key>")
-_PUBLIC_PATHS = frozenset({"/healthz"})
+_PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+# A due delivery nobody has claimed for this long means the output handler is stuck (or far
+# behind): not ready.
+STUCK_AFTER_SECONDS = 300.0
 
 
 async def authenticate(store: Store, authorization: str | None, now: float) -> ApiKeyRecord | None:
@@ -42,7 +46,25 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 async def healthz(_request: web.Request) -> web.Response:
+    """Alive: the process answers."""
     return web.json_response({"status": "ok", "time": time.time()})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready: the database answers and due deliveries are being picked up; else 503 and why.
+
+    The listeners are bound by the time this answers: HTTP starts after SMTP.
+    """
+    store = context(request).store
+    try:
+        oldest = await store.oldest_unclaimed_due()
+    except StorageError as exc:
+        return web.json_response({"status": "not ready", "reason": f"database: {exc}"}, status=503)
+    waiting = 0.0 if oldest is None else store.clock() - oldest
+    if waiting > STUCK_AFTER_SECONDS:
+        reason = f"queue: a due delivery has waited {waiting:.0f} s without being picked up"
+        return web.json_response({"status": "not ready", "reason": reason}, status=503)
+    return web.json_response({"status": "ready", "oldest_due_waiting_seconds": round(waiting, 3)})
 
 
 def create_app(ctx: AppContext) -> web.Application:
@@ -53,6 +75,7 @@ def create_app(ctx: AppContext) -> web.Application:
     )
     app[CONTEXT] = ctx
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     transactions.add_routes(app.router)
     capture.add_routes(app.router)
     return app

@@ -519,6 +519,17 @@ class Store:
         due: float | None = await self._readers.run(lambda conn: conn.execute(_NEXT_DUE).scalar())
         return due
 
+    async def oldest_unclaimed_due(self) -> float | None:
+        """When the longest-waiting delivery that nobody holds became due (None: none waits)."""
+        now = self.clock()
+        query = select(func.min(transactions.c.next_attempt_at)).where(
+            transactions.c.status == Status.QUEUED.value,
+            transactions.c.next_attempt_at <= now,
+            or_(transactions.c.lease_owner.is_(None), transactions.c.lease_expires_at < now),
+        )
+        due: float | None = await self._readers.run(lambda conn: conn.execute(query).scalar())
+        return due
+
     async def renew_leases(self, owner: str, tx_ids: Sequence[int], lease_seconds: float) -> None:
         if not tx_ids:
             return
