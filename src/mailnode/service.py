@@ -12,9 +12,8 @@ import os
 import secrets
 import ssl
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 from sqlalchemy.engine import make_url
@@ -33,6 +32,7 @@ from mailnode.smtp.mx import MxResolver
 from mailnode.smtp.server import SmtpListeners
 from mailnode.smtp.tls import ensure_dev_certificate, server_tls_context
 from mailnode.storage.store import Clock, Store
+from mailnode.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class Service:
         self.smtp: SmtpListeners | None = None
         self.http_address: tuple[str, int] | None = None
         self._runner: web.AppRunner | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("service")
         self._router: Router | None = None
 
     @property
@@ -96,8 +96,8 @@ class Service:
                 timeout=config.dns.timeout_seconds,
             )
         self.exploder = Exploder(config, store, self.output, self.session_id, checker)
-        self._spawn(self.output.run(), "output-handler")
-        self._spawn(self._housekeeping(store), "housekeeping")
+        self._tasks.spawn(self.output.run(), "output-handler")
+        self._tasks.spawn(self._housekeeping(store), "housekeeping")
         self.smtp = await SmtpListeners.start(
             config, exploder=self.exploder, store=store, tls_context=self._tls_context(), clock=self.clock
         )
@@ -166,16 +166,6 @@ class Service:
         host, port = self._runner.addresses[0][:2]
         self.http_address = (host, port)
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.create_task(coroutine, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background task %s died", task.get_name(), exc_info=task.exception())
-
     async def _housekeeping(self, store: Store) -> None:
         storage = self.config.storage
         interval = min(storage.gc_interval_seconds, self.config.delivery.lease_seconds / 3)
@@ -217,9 +207,7 @@ class Service:
             await self.output.stop(remaining())
         if self._router is not None:
             await self._router.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.stop()
         if self.store is not None:
             try:
                 await self.store.end_session(self.session_id)

@@ -35,6 +35,7 @@ from mailnode.router.routes import match_route
 from mailnode.smtp.auth import AuthThrottle, ThrottleSettings, authenticate, sender_allowed
 from mailnode.smtp.peer import CHECK_UNAVAILABLE, FCRDNS_FAILED, HELO_FAILED, DnsUnavailable, PeerChecker
 from mailnode.storage.store import ApiKeyRecord, Store
+from mailnode.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class SmtpListeners:
             self.peer_checker = PeerChecker(nameservers, timeout=config.dns.timeout_seconds)
         self.addresses: dict[str, tuple[str, int]] = {}
         self._listeners: list[_Listener] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("smtp")
 
     @classmethod
     async def start(
@@ -209,14 +210,7 @@ class SmtpListeners:
 
     def spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         """Run a cleanup task that close() waits for."""
-        task = asyncio.create_task(coroutine, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("smtp task %s failed", task.get_name(), exc_info=task.exception())
+        self._tasks.spawn(coroutine, name)
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop accepting, tell every client 421, abort open transactions; at most about twice `grace`."""
@@ -234,11 +228,7 @@ class SmtpListeners:
             for task in late:
                 task.cancel()
             await asyncio.wait(handlers)
-        if self._tasks:
-            _, late_cleanups = await asyncio.wait(set(self._tasks), timeout=grace)
-            for task in late_cleanups:
-                task.cancel()
-            await asyncio.gather(*late_cleanups, return_exceptions=True)
+        await self._tasks.stop(grace)
         for listener in self._listeners:
             assert listener.server is not None
             await listener.server.wait_closed()
