@@ -37,7 +37,7 @@ def test_values_are_converted_and_profiles_merge_with_the_defaults() -> None:
     assert config.delivery.smarthost == HostPort("relay.example", 2525)
     assert config.dns.nameservers == (HostPort("127.0.0.1", 5353), HostPort("::1", 53))
     assert config.retry.initial_delay_seconds == 5.0
-    assert set(config.senders) == {"api", "submission", "ingress", "bounce", "copy", "alerts"}
+    assert set(config.senders) == {"api", "submission", "ingress", "bounce", "copy", "platform", "alerts"}
     assert config.retry_policy("alerts") is None
     assert config.senders["api"].bounce is False
     assert config.retry_policy("api") is not None

@@ -304,7 +304,54 @@ def _default_senders() -> dict[str, SenderConfig]:
         "bounce": SenderConfig(filters=("router",), bounce=False, add_missing_headers=False),
         # Copies for an ingress route's copy_to endpoint: retried, never bounced to the sender.
         "copy": SenderConfig(filters=("received_header", "router"), bounce=False, add_missing_headers=False),
+        # /v1 sends: rendered per recipient, then signed with the domain's key. No DSN to the
+        # sender: the VERP return path brings bounces back to mailnode, and the batch shows
+        # each delivery's outcome.
+        "platform": SenderConfig(filters=("dkim", "router"), bounce=False, add_missing_headers=False),
     }
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The operator token that admin routes (/v1/domains and their keys) require."""
+
+    # Empty: admin routes refuse everyone. `mailnode init` writes a random one; the developer
+    # default keeps one in its data directory. token_file: read the token from this file.
+    token: str = ""
+    token_file: str = ""
+
+
+def _ip_address(value: tuple[str, ...]) -> str | None:
+    for text in value:
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            return f"{text!r} is not an IPv4 or IPv6 address"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformConfig:
+    """The sending platform (/v1): domains, DKIM, batch sends."""
+
+    # Envelope senders (VERP return paths) are addresses on this domain, and bounces come back
+    # to it on port 25. Empty: "bounces." + hostname.
+    bounce_domain: str = ""
+    # The addresses mail leaves from, for the SPF records GET /v1/domains/{d}/dns proposes.
+    sending_ips: tuple[str, ...] = field(default=(), metadata=_check(_ip_address))
+    dkim_selector: str = "mailnode"
+    dkim_algorithm: Literal["rsa", "ed25519"] = "rsa"
+    max_recipients_per_send: int = field(default=50_000, metadata=_check(_at_least_one))
+    # The largest rendered content of one send (bodies and decoded attachments).
+    max_send_bytes: int = field(default=25 * 1024 * 1024, metadata=_check(_positive))
+    # A repeated Idempotency-Key gets the first answer for this long.
+    idempotency_ttl_seconds: float = field(default=86400.0, metadata=_check(_positive))
+
+
+@dataclass(frozen=True, slots=True)
+class TrackingConfig:
+    # Where open pixels and rewritten links point; empty: the HTTP listen address.
+    base_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,10 +378,27 @@ class Config:
     smtp: SmtpConfig = SmtpConfig()
     tls: TlsConfig = TlsConfig()
     ingress: IngressConfig = IngressConfig()
+    admin: AdminConfig = AdminConfig()
+    platform: PlatformConfig = PlatformConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @property
     def smtp_hostname(self) -> str:
         return self.smtp.hostname or self.hostname
+
+    @property
+    def bounce_domain(self) -> str:
+        return self.platform.bounce_domain or f"bounces.{self.hostname}"
+
+    @property
+    def tracking_base_url(self) -> str:
+        return self.tracking.base_url or f"http://{self.http.listen}"
+
+    def admin_token(self) -> str:
+        """The operator token: from [admin] token, or the file token_file names ("" = none)."""
+        if self.admin.token_file:
+            return Path(self.admin.token_file).read_text(encoding="utf-8").strip()
+        return self.admin.token
 
     def sender(self, name: str) -> SenderConfig | None:
         return self.senders.get(name)
@@ -377,6 +441,12 @@ def _check_cross_fields(config: Config) -> None:
                 f'ingress.routes[{i}].domain: "*" would make mailnode an open relay; '
                 'it is allowed only with endpoint = "capture"'
             )
+    if config.admin.token and config.admin.token_file:
+        raise ConfigError("admin: set token or token_file, not both")
+    if config.admin.token_file and not Path(config.admin.token_file).is_file():
+        raise ConfigError(f"admin.token_file: no such file: {config.admin.token_file}")
+    if config.admin_token() and len(config.admin_token()) < 24:
+        raise ConfigError("admin.token: too short to be secret; use at least 24 random characters")
     if bool(config.tls.cert_file) != bool(config.tls.key_file):
         raise ConfigError("tls: set both cert_file and key_file, or neither")
     if "bounce" not in config.senders:

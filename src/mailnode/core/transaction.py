@@ -107,6 +107,9 @@ class TransactionRecord:
     message_builder: dict[str, Any] | None
     blobs: tuple[BlobStatus, ...]
     latest_attempt: AttemptRecord | None
+    # A /v1 send's delivery: its batch (which holds the content) and the recipient's fields.
+    batch_id: int | None = None
+    recipient: dict[str, Any] | None = None
 
     @property
     def input_done(self) -> bool:

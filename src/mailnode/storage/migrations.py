@@ -11,16 +11,52 @@ import logging
 import time
 from collections.abc import Callable
 
-from sqlalchemy import Connection, Engine, func, inspect, select
+from sqlalchemy import Column, Connection, Engine, Index, func, inspect, select, text
+from sqlalchemy.schema import CreateIndex
 
 from mailnode.errors import StorageError
+from mailnode.storage import tables
 from mailnode.storage.engine import WRITE_OPTION
 from mailnode.storage.tables import SCHEMA_VERSION, metadata, schema_migrations
 
 log = logging.getLogger(__name__)
 
+
+def _add_column(connection: Connection, column: Column[object]) -> None:
+    """ALTER TABLE ... ADD COLUMN, with the type (and reference) as tables.py declares it."""
+    table = column.table.name
+    kind = column.type.compile(dialect=connection.dialect)
+    references = ""
+    for key in column.foreign_keys:
+        target = key.column
+        references = f" REFERENCES {target.table.name}({target.name}) ON DELETE {key.ondelete}"
+    connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {column.name} {kind}{references}"))
+
+
+def _create_index(connection: Connection, index: Index) -> None:
+    connection.execute(CreateIndex(index, if_not_exists=True))
+
+
+def _v2_sending_platform(connection: Connection) -> None:
+    new_tables = [
+        tables.domains,
+        tables.dkim_keys,
+        tables.templates,
+        tables.batches,
+        tables.idempotency_keys,
+        tables.signing_keys,
+    ]
+    metadata.create_all(connection, tables=new_tables)
+    _add_column(connection, tables.transactions.c.batch_id)
+    _add_column(connection, tables.transactions.c.recipient)
+    (batch_index,) = [i for i in tables.transactions.indexes if i.name == "ix_transactions_batch"]
+    _create_index(connection, batch_index)
+
+
 # version -> (description, upgrade step). Version 1 is the initial schema (created whole).
-MIGRATIONS: dict[int, tuple[str, Callable[[Connection], None]]] = {}
+MIGRATIONS: dict[int, tuple[str, Callable[[Connection], None]]] = {
+    2: ("sending platform: domains, DKIM keys, templates, batches, idempotency", _v2_sending_platform),
+}
 
 
 def _current_version(connection: Connection) -> int | None:

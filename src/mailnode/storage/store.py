@@ -47,6 +47,7 @@ from mailnode.storage.migrations import migrate
 from mailnode.storage.tables import (
     api_keys,
     attempts,
+    batches,
     blob_chunks,
     blobs,
     captures,
@@ -866,8 +867,16 @@ def _collect_garbage(conn: Connection, finished_before: float, batch: int) -> in
     )
     if ids:
         conn.execute(delete(transactions).where(transactions.c.id.in_(ids)))
+    # A batch outlives its deliveries only until GC finds none left (and it is old enough).
+    conn.execute(
+        delete(batches).where(
+            batches.c.created_at < finished_before,
+            ~select(transactions.c.id).where(transactions.c.batch_id == batches.c.id).exists(),
+        )
+    )
     orphans = select(blobs.c.id).where(
-        ~select(transaction_blobs.c.blob_id).where(transaction_blobs.c.blob_id == blobs.c.id).exists()
+        ~select(transaction_blobs.c.blob_id).where(transaction_blobs.c.blob_id == blobs.c.id).exists(),
+        ~select(batches.c.id).where(batches.c.content_blob_id == blobs.c.id).exists(),
     )
     conn.execute(delete(blobs).where(blobs.c.id.in_(orphans)))
     return len(ids)
@@ -976,4 +985,6 @@ def _record(
         message_builder=row.message_builder,
         blobs=blob_status,
         latest_attempt=latest,
+        batch_id=row.batch_id,
+        recipient=row.recipient,
     )

@@ -15,12 +15,13 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 metadata = MetaData()
 
 # Bumped by every migration; a fresh database is created at this version directly.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 schema_migrations = Table(
     "schema_migrations",
@@ -85,8 +86,13 @@ transactions = Table(
     Column("api_key_id", Integer),
     # A DSN points at the delivery it reports on; a copy (route copy_to) at the one it copies.
     Column("parent_id", Integer, ForeignKey("transactions.id", ondelete="SET NULL")),
+    # A /v1 send's delivery: its batch holds the content, this row the recipient's fields
+    # ({"name": ..., "fields": {...}}); the message is rendered when it is attempted.
+    Column("batch_id", Integer, ForeignKey("batches.id", ondelete="SET NULL")),
+    Column("recipient", JSON),
 )
 Index("ix_transactions_due", transactions.c.status, transactions.c.next_attempt_at)
+Index("ix_transactions_batch", transactions.c.batch_id, transactions.c.status)
 Index("ix_transactions_finished", transactions.c.finished_at)
 
 transaction_blobs = Table(
@@ -147,4 +153,91 @@ api_keys = Table(
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float),
     Column("deactivated_at", Float),
+)
+
+
+# -- the sending platform (/v1) ----------------------------------------------------------------
+
+domains = Table(
+    "domains",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(253), nullable=False, unique=True),  # canonical: lower-case A-labels
+    Column("created_at", Float, nullable=False),
+)
+
+# A domain's DKIM keys: the newest signs; older ones stay published until removed (rotation).
+dkim_keys = Table(
+    "dkim_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("domain_id", Integer, ForeignKey("domains.id", ondelete="CASCADE"), nullable=False),
+    Column("selector", String(63), nullable=False),
+    Column("algorithm", String(16), nullable=False),  # rsa | ed25519
+    Column("private_key", LargeBinary, nullable=False),  # PKCS#8 PEM
+    Column("public_key", Text, nullable=False),  # base64, as DNS p= wants it
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("domain_id", "selector"),
+)
+
+templates = Table(
+    "templates",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("public_id", String(32), nullable=False, unique=True),
+    Column("domain_id", Integer, ForeignKey("domains.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("html", Text),
+    Column("text", Text),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+Index("ix_templates_domain", templates.c.domain_id, templates.c.id)
+
+# One /v1 send. Its content (subject, bodies, attachments, headers) is one blob, stored once
+# for all its deliveries.
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("public_id", String(32), nullable=False, unique=True),
+    Column("domain", String(253), nullable=False),
+    Column("api_key_id", Integer),
+    Column("content_blob_id", Integer, ForeignKey("blobs.id"), nullable=False),
+    Column("recipients", Integer, nullable=False),  # accepted: one delivery each
+    Column("rejected", JSON, nullable=False),  # [{"email": ..., "reason": ...}]
+    Column("tags", JSON, nullable=False),
+    Column("metadata", JSON, nullable=False),
+    Column("scheduled_at", Float),
+    Column("created_at", Float, nullable=False),
+    Column("cancelled_at", Float),
+)
+Index("ix_batches_created", batches.c.created_at)
+
+# Idempotency-Key: the first answer to a send, replayed for a repeat with the same body.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("api_key_id", Integer, primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("response", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+Index("ix_idempotency_created", idempotency_keys.c.created_at)
+
+# Secrets mailnode signs with (VERP return paths, later tracking tokens); rotatable: the
+# newest of a purpose signs, every unretired one verifies.
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("purpose", String(32), nullable=False),
+    Column("key_id", String(16), nullable=False),
+    Column("secret", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("retired_at", Float),
+    UniqueConstraint("purpose", "key_id"),
 )
