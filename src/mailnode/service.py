@@ -31,6 +31,8 @@ from mailnode.smtp.authcheck import InboundChecker
 from mailnode.smtp.mx import MxResolver
 from mailnode.smtp.server import SmtpListeners
 from mailnode.smtp.tls import ensure_dev_certificate, server_tls_context
+from mailnode.storage.batches import BatchStore
+from mailnode.storage.domains import DomainStore
 from mailnode.storage.store import Clock, Store
 from mailnode.tasks import TaskSet
 
@@ -48,7 +50,10 @@ def data_dir(config: Config) -> Path:
 class Service:
     """One running mailnode: storage, output handler, housekeeping and the HTTP API."""
 
-    def __init__(self, config: Config, *, clock: Clock = time.time) -> None:
+    def __init__(
+        self, config: Config, *, clock: Clock = time.time, random_bytes: Callable[[int], bytes] = os.urandom
+    ) -> None:
+        self.random_bytes = random_bytes
         self.config = config
         self.clock = clock
         self.session_id = secrets.token_hex(8)
@@ -101,7 +106,17 @@ class Service:
         self.smtp = await SmtpListeners.start(
             config, exploder=self.exploder, store=store, tls_context=self._tls_context(), clock=self.clock
         )
-        await self._start_http(AppContext(config, store, versions))
+        await self._start_http(
+            AppContext(
+                config,
+                store,
+                versions,
+                domains=DomainStore(store),
+                batches=BatchStore(store),
+                admin_token=config.admin_token(),
+                random_bytes=self.random_bytes,
+            )
+        )
         log.info("mailnode started session=%s http=%s", self.session_id, self.base_url)
 
     def _tls_context(self) -> ssl.SSLContext:

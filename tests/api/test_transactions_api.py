@@ -207,7 +207,7 @@ async def test_every_auth_failure_gets_the_same_401(mailnode: Mailnode, authoriz
     assert body == {
         "error": {
             "code": "unauthorized",
-            "message": "missing or invalid API key; send Authorization: Bearer <key>",
+            "message": "missing or invalid credentials; send Authorization: Bearer <API key or admin token>",
         }
     }
     assert mailnode.rows("SELECT COUNT(*) FROM transactions") == [(0,)]

@@ -8,40 +8,33 @@ import time
 from aiohttp import web
 
 from mailnode.api import capture, transactions
-from mailnode.api.context import API_KEY, CONTEXT, AppContext, context
-from mailnode.api.errors import Handler, error_middleware, error_response
+from mailnode.api.auth import PRINCIPAL, authenticate, require_key, unauthorized
+from mailnode.api.context import CONTEXT, AppContext, context
+from mailnode.api.errors import Handler, error_middleware
 from mailnode.errors import StorageError
-from mailnode.platform.keys import verify_api_key
-from mailnode.storage.store import ApiKeyRecord, Store
 
 log = logging.getLogger(__name__)
 
 
-# Every kind of authentication failure gets exactly this answer (no hint which part failed).
-_UNAUTHORIZED = ("unauthorized", "missing or invalid API key; send Authorization: Bearer <key>")
-_PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+_PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v1/openapi.json"})
 # A due delivery nobody has claimed for this long means the output handler is stuck (or far
 # behind): not ready.
 STUCK_AFTER_SECONDS = 300.0
 
 
-async def authenticate(store: Store, authorization: str | None, now: float) -> ApiKeyRecord | None:
-    """The active API key named by an `Authorization: Bearer` header, or None."""
-    scheme, _, presented = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer":
-        presented = ""
-    return await verify_api_key(store, presented.strip(), now)
-
-
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate every non-public request; routes then check what the principal may do."""
     if request.path in _PUBLIC_PATHS:
         return await handler(request)
-    store = context(request).store
-    key = await authenticate(store, request.headers.get("Authorization"), store.clock())
-    if key is None:
-        return error_response(401, *_UNAUTHORIZED, headers={"WWW-Authenticate": 'Bearer realm="mailnode"'})
-    request[API_KEY] = key
+    ctx = context(request)
+    store = ctx.store
+    who = await authenticate(store, ctx.admin_token, request.headers.get("Authorization"), store.clock())
+    if not who.authenticated:
+        raise unauthorized()
+    request[PRINCIPAL] = who
+    if not request.path.startswith("/v1/"):
+        require_key(request)  # the transactions API takes API keys only
     return await handler(request)
 
 

@@ -1,14 +1,17 @@
-"""What request handlers share: the config, the Store and the version cache."""
+"""What request handlers share: the config, the stores and the version cache."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from mailnode.config import Config
 from mailnode.router.version_cache import VersionCache
-from mailnode.storage.store import ApiKeyRecord, Store
+from mailnode.storage.batches import BatchStore
+from mailnode.storage.domains import DomainStore
+from mailnode.storage.store import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,10 +19,14 @@ class AppContext:
     config: Config
     store: Store
     versions: VersionCache
+    domains: DomainStore
+    batches: BatchStore
+    admin_token: str  # "" when admin routes are closed
+    # Randomness is injected (tests pass a seeded source); os.urandom in production.
+    random_bytes: Callable[[int], bytes]
 
 
 CONTEXT = web.AppKey("context", AppContext)
-API_KEY = web.RequestKey("api_key", ApiKeyRecord)
 
 
 def context(request: web.Request) -> AppContext:

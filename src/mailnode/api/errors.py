@@ -16,9 +16,18 @@ log = logging.getLogger(__name__)
 class ApiError(Exception):
     """An answer to send back: HTTP status, a machine code, a message for people."""
 
-    def __init__(self, status: int, code: str, message: str, *, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.field = status, code, message, field
+        self.headers = headers
 
 
 def bad_request(field: str, message: str) -> ApiError:
@@ -53,7 +62,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message, field=exc.field)
+        return error_response(exc.status, exc.code, exc.message, field=exc.field, headers=exc.headers)
     except BlobRangeError as exc:
         return error_response(
             416,

@@ -8,7 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
-from mailnode.api.context import API_KEY, context
+from mailnode.api.auth import require_key
+from mailnode.api.context import context
 from mailnode.api.errors import ApiError, bad_request, content_range
 from mailnode.core.address import AddressError, parse_address, parse_reverse_path
 from mailnode.core.message_builder import SpecError, parse_spec
@@ -59,7 +60,7 @@ async def create_transaction(request: web.Request) -> web.Response:
         blobs=blobs,
         message_builder=spec,
         client_address=request.remote,
-        api_key_id=request[API_KEY].id,
+        api_key_id=require_key(request).id,
     )
     try:
         record = await ctx.store.create_transaction(new)

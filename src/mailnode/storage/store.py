@@ -10,7 +10,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from sqlalchemy import (
     Connection,
@@ -60,6 +60,7 @@ from mailnode.storage.threads import DatabaseThreads
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+T = TypeVar("T")
 
 # Reads run beside the writer (SQLite's WAL lets them); a few threads are plenty for short reads.
 READER_THREADS = 4
@@ -156,6 +157,20 @@ class Store:
 
     def subscribe(self, listener: StoreListener) -> None:
         self._listeners.append(listener)
+
+    async def write(
+        self, work: Callable[[Connection], T], *, on_commit: Callable[[T], None] | None = None
+    ) -> T:
+        """Run `work` as one write transaction (for the platform's stores beside this one)."""
+        return await self._writer.run(work, on_commit=on_commit)
+
+    async def read(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` on a reader connection."""
+        return await self._readers.run(work)
+
+    def notify(self, records: Iterable[TransactionRecord], *, queued: bool) -> None:
+        """Tell listeners about deliveries another store wrote (after its commit)."""
+        self._notify(records, queued=queued)
 
     def _notify(self, records: Iterable[TransactionRecord], *, queued: bool) -> None:
         for record in records:
