@@ -10,6 +10,8 @@ from tests.support.mailnode import Mailnode, make_config, start_mailnode, stop_m
 from tests.support.sink import Sink, start_sink
 
 MailnodeFactory = Callable[..., Awaitable[Mailnode]]
+# The operator token of `admin_mailnode` (admin routes: /v1/domains and their keys).
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 
 
 @pytest.fixture
@@ -37,3 +39,9 @@ async def mailnode_factory(tmp_path: Path, sink: Sink) -> AsyncIterator[Mailnode
 @pytest.fixture
 async def mailnode(mailnode_factory: MailnodeFactory) -> Mailnode:
     return await mailnode_factory()
+
+
+@pytest.fixture
+async def admin_mailnode(mailnode_factory: MailnodeFactory) -> Mailnode:
+    """A mailnode whose admin routes take `Authorization: Bearer ADMIN_TOKEN`."""
+    return await mailnode_factory(admin={"token": ADMIN_TOKEN})
