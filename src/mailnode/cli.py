@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import json
 import logging
@@ -18,10 +19,20 @@ from typing import Any, TypeVar
 import click
 
 from mailnode import __version__
+from mailnode.api.v1_domains import (
+    dkim_dns_record,
+    dns_problem,
+    dns_records,
+    domain_json,
+    record_json,
+    template_json,
+)
 from mailnode.config import Config, load_config
 from mailnode.core.apikey import key_hash, key_prefix, new_api_key
-from mailnode.errors import ConfigError, MailnodeError
+from mailnode.core.dkim_keys import ALGORITHMS, DkimAlgorithm, canonical_domain, generate_dkim_key
+from mailnode.errors import ConfigError, MailnodeError, NotFoundError
 from mailnode.service import Service, data_dir
+from mailnode.storage.domains import DomainRecord, DomainStore
 from mailnode.storage.store import Store
 from mailnode.systemd import Notifier
 
@@ -30,6 +41,7 @@ T = TypeVar("T")
 
 CONFIG_HELP = "TOML config file (default: $MAILNODE_CONFIG, else the embedded developer default)."
 DEV_KEY_FILE = "dev-api-key"
+DEV_ADMIN_FILE = "admin-token"  # the developer default's operator token
 
 
 def _run(coroutine: Awaitable[T]) -> T:
@@ -114,6 +126,9 @@ async def _serve(config: Config, *, dev_default: bool) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, shut_down)
     dev_key = await _ensure_dev_key(config) if dev_default else None
+    dev_admin_token = _ensure_dev_admin_token(config) if dev_default and not config.admin_token() else None
+    if dev_admin_token is not None:
+        config = dataclasses.replace(config, admin=dataclasses.replace(config.admin, token=dev_admin_token))
 
     def ready(service: Service) -> None:
         click.echo(f"mailnode {__version__} is running", err=True)
@@ -122,6 +137,9 @@ async def _serve(config: Config, *, dev_default: bool) -> None:
             click.echo(f"  SMTP {name + ':':<11} {host}:{port}", err=True)
         click.echo(f"  database:   {config.storage.url}", err=True)
         click.echo(f"  delivery:   {config.delivery.mode}", err=True)
+        if dev_admin_token is not None:
+            where = data_dir(config) / DEV_ADMIN_FILE
+            click.echo(f"  admin token: {dev_admin_token}   (/v1/domains; kept in {where})", err=True)
         if dev_key is not None:
             click.echo(
                 f"  API key:    {dev_key}   (developer default, kept in {_dev_key_path(config)})",
@@ -154,6 +172,19 @@ async def _ensure_dev_key(config: Config) -> str:
     return key
 
 
+def _ensure_dev_admin_token(config: Config) -> str:
+    """The developer default's operator token: made once, kept in the data directory (0600)."""
+    path = data_dir(config) / DEV_ADMIN_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return token
+
+
 async def _with_store(config: Config, action: Callable[[Store], Awaitable[T]]) -> T:
     store = await Store.open(config.storage.url, sqlite_synchronous=config.storage.sqlite_synchronous)
     try:
@@ -166,13 +197,19 @@ async def _create_key(config: Config, *, name: str, domain: str | None, expires_
     key = new_api_key(secrets.token_bytes)
 
     async def add(store: Store) -> None:
-        await store.add_api_key(
-            name=name,
-            domain=domain,
-            prefix=key_prefix(key),
-            key_hash=key_hash(key),
-            expires_at=expires_at,
-        )
+        if domain is None:
+            await store.add_api_key(
+                name=name, domain=None, prefix=key_prefix(key), key_hash=key_hash(key), expires_at=expires_at
+            )
+            return
+        try:
+            await DomainStore(store).create_api_key(
+                domain, name=name, prefix=key_prefix(key), key_hash=key_hash(key), expires_at=expires_at
+            )
+        except NotFoundError:
+            raise NotFoundError(
+                f"no domain {domain!r}: create it first with `mailnode domain create {domain}`"
+            ) from None
 
     await _with_store(config, add)
     return key
@@ -227,6 +264,7 @@ def key_create(name: str, domain: str | None, expires_in_days: int | None, confi
     Example: mailnode key create --name "billing app" --domain example.com
     """
     config = load_config(_config_path(config_file))
+    domain = None if domain is None else canonical_domain(domain)
     expires_at = None
     if expires_in_days is not None:
         expires_at = datetime.datetime.now(datetime.UTC).timestamp() + expires_in_days * 86400
@@ -261,6 +299,244 @@ def key_list(as_json: bool, config_file: str | None) -> None:
     for row in rows:
         domain = row["domain"] or "-"
         click.echo(f"{row['id']:>4}  {row['prefix']}…  {row['state']:<11}  {domain:<24}  {row['name']}")
+
+
+@cli.group()
+def domain() -> None:
+    """Sending domains (/v1): DKIM keys and the DNS records to publish."""
+
+
+def _domain_store(config: Config, action: Callable[[DomainStore], Awaitable[T]]) -> T:
+    return _run(_with_store(config, lambda store: action(DomainStore(store))))
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _echo_records(config: Config, record: DomainRecord) -> None:
+    """The DNS records to publish, one per line; why not, on stderr, when the config cannot say."""
+    try:
+        records = dns_records(config, record)
+    except ValueError as exc:
+        click.echo(f"mailnode: {dns_problem(exc)}", err=True)
+        return
+    for r in records:
+        click.echo(f"{r.type:<6} {r.name:<40} {r.value}")
+
+
+def _domain_text(config: Config, record: DomainRecord, *, with_dns: bool) -> None:
+    click.echo(f"{record.name}  (created {_when(record.created_at)})")
+    for key in record.dkim_keys:
+        signing = "  signing" if key is record.signing_key else ""
+        click.echo(f"  DKIM {key.selector} ({key.algorithm}, created {_when(key.created_at)}){signing}")
+    if with_dns:
+        click.echo("DNS records to publish:")
+        _echo_records(config, record)
+
+
+def _domain_answer(config: Config, record: DomainRecord) -> dict[str, Any]:
+    answer = domain_json(record)
+    try:
+        answer["dns_records"] = [record_json(r) for r in dns_records(config, record)]
+    except ValueError as exc:
+        answer["dns_records"], answer["dns_error"] = None, dns_problem(exc)
+    return answer
+
+
+def _when(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _found(record: DomainRecord | None, name: str) -> DomainRecord:
+    if record is None:
+        raise NotFoundError(f"no domain {name!r}; `mailnode domain list` shows them")
+    return record
+
+
+_ALGORITHM_HELP = "DKIM key type (default: [platform] dkim_algorithm, rsa = RSA-2048)."
+
+
+@domain.command("create")
+@click.argument("name")
+@click.option("--dkim-algorithm", type=click.Choice(ALGORITHMS), help=_ALGORITHM_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--config", "config_file", metavar="FILE", help=CONFIG_HELP)
+@_fail_cleanly
+def domain_create(
+    name: str, dkim_algorithm: DkimAlgorithm | None, as_json: bool, config_file: str | None
+) -> None:
+    """Create a sending domain with a DKIM key; print the DNS records to publish.
+
+    Example: mailnode domain create example.com
+    """
+    config = load_config(_config_path(config_file))
+    canonical = canonical_domain(name)
+    key = generate_dkim_key(dkim_algorithm or config.platform.dkim_algorithm)
+    selector = config.platform.dkim_selector
+    record = _domain_store(config, lambda domains: domains.create_domain(canonical, key, selector))
+    if as_json:
+        _echo_json(_domain_answer(config, record))
+    else:
+        _domain_text(config, record, with_dns=True)
+
+
+@domain.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--config", "config_file", metavar="FILE", help=CONFIG_HELP)
+@_fail_cleanly
+def domain_list(as_json: bool, config_file: str | None) -> None:
+    """List sending domains and their DKIM selectors.
+
+    Example: mailnode domain list --json
+    """
+    config = load_config(_config_path(config_file))
+    records = _domain_store(config, lambda domains: domains.list_domains())
+    if as_json:
+        _echo_json([domain_json(r) for r in records])
+        return
+    for r in records:
+        signing = r.signing_key.selector if r.signing_key else "-"
+        click.echo(f"{r.name:<40} DKIM {signing:<24} created {_when(r.created_at)}")
+
+
+@domain.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--config", "config_file", metavar="FILE", help=CONFIG_HELP)
+@_fail_cleanly
+def domain_show(name: str, as_json: bool, config_file: str | None) -> None:
+    """Show a domain, its DKIM keys and the DNS records to publish.
+
+    Example: mailnode domain show example.com
+    """
+    config = load_config(_config_path(config_file))
+    canonical = canonical_domain(name)
+    record = _found(_domain_store(config, lambda domains: domains.get_domain(canonical)), canonical)
+    if as_json:
+        _echo_json(_domain_answer(config, record))
+    else:
+        _domain_text(config, record, with_dns=True)
+
+
+@domain.command("dns")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--config", "config_file", metavar="FILE", help=CONFIG_HELP)
+@_fail_cleanly
+def domain_dns(name: str, as_json: bool, config_file: str | None) -> None:
+    """Print the DNS records the domain publishes: DKIM, SPF, DMARC, bounce MX, tracking.
+
+    Example: mailnode domain dns example.com
+    """
+    config = load_config(_config_path(config_file))
+    canonical = canonical_domain(name)
+    record = _found(_domain_store(config, lambda domains: domains.get_domain(canonical)), canonical)
+    try:
+        records = dns_records(config, record)
+    except ValueError as exc:
+        raise ConfigError(dns_problem(exc)) from None
+    if as_json:
+        _echo_json([record_json(r) for r in records])
+        return
+    for r in records:
+        click.echo(f"{r.type:<6} {r.name:<40} {r.value}")
+
+
+@domain.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--config", "config_file", metavar="FILE", help=CONFIG_HELP)
+@_fail_cleanly
+def domain_delete(name: str, yes: bool, config_file: str | None) -> None:
+    """Delete a domain with its DKIM keys, API keys and templates; cancel its unsent mail.
+
+    Example: mailnode domain delete example.com --yes
+    """
+    config = load_config(_config_path(config_file))
+    canonical = canonical_domain(name)
+    if not yes:
+        click.confirm(f"Delete {canonical}, its keys and templates, and cancel its unsent mail?", abort=True)
+    cancelled = _domain_store(config, lambda domains: domains.delete_domain(canonical))
+    click.echo(f"deleted {canonical}; {cancelled} unsent deliveries cancelled")
+
+
+@domain.command("rotate-dkim")
+@click.argument("name")
+@click.option("--dkim-algorithm", type=click.Choice(ALGORITHMS), help=_ALGORITHM_HELP)
+@click.option("--config", "config_file", metavar="FILE", help=CONFIG_HELP)
+@_fail_cleanly
+def domain_rotate_dkim(name: str, dkim_algorithm: DkimAlgorithm | None, config_file: str | None) -> None:
+    """Make a new DKIM key under a new selector; it signs from now on, the old one stays.
+
+    Publish the new record shown, then remove the old key with the API
+    (DELETE /v1/domains/{domain}/dkim/{selector}) once resolvers have it.
+
+    Example: mailnode domain rotate-dkim example.com
+    """
+    config = load_config(_config_path(config_file))
+    canonical = canonical_domain(name)
+    key = generate_dkim_key(dkim_algorithm or config.platform.dkim_algorithm)
+    selector = config.platform.dkim_selector
+    added = _domain_store(config, lambda domains: domains.add_dkim_key(canonical, key, selector))
+    record = dkim_dns_record(canonical, added)
+    click.echo(f"new DKIM selector {added.selector} ({added.algorithm}) signs for {canonical}; publish:")
+    click.echo(f"{record.type:<6} {record.name:<40} {record.value}")
+
+
+@cli.group()
+def template() -> None:
+    """Read the templates of a sending domain (create and change them with /v1)."""
+
+
+@template.command("list")
+@click.option("--domain", "domain_name", required=True, help="The sending domain.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--config", "config_file", metavar="FILE", help=CONFIG_HELP)
+@_fail_cleanly
+def template_list(domain_name: str, limit: int, offset: int, as_json: bool, config_file: str | None) -> None:
+    """List a domain's templates, oldest first.
+
+    Example: mailnode template list --domain example.com
+    """
+    config = load_config(_config_path(config_file))
+    canonical = canonical_domain(domain_name)
+    items, total = _domain_store(
+        config, lambda domains: domains.list_templates(canonical, limit=limit, offset=offset)
+    )
+    if as_json:
+        _echo_json({"items": [template_json(t) for t in items], "total": total})
+        return
+    for t in items:
+        click.echo(f"{t.id}  {t.name:<32} updated {_when(t.updated_at)}")
+    click.echo(f"{len(items)} of {total} templates", err=True)
+
+
+@template.command("show")
+@click.argument("template_id")
+@click.option("--domain", "domain_name", required=True, help="The sending domain.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--config", "config_file", metavar="FILE", help=CONFIG_HELP)
+@_fail_cleanly
+def template_show(template_id: str, domain_name: str, as_json: bool, config_file: str | None) -> None:
+    """Print one template: name, subject, html and text.
+
+    Example: mailnode template show tpl_3q2v... --domain example.com
+    """
+    config = load_config(_config_path(config_file))
+    canonical = canonical_domain(domain_name)
+    record = _domain_store(config, lambda domains: domains.get_template(canonical, template_id))
+    if record is None:
+        raise NotFoundError(f"no template {template_id!r} in {canonical}; see `mailnode template list`")
+    if as_json:
+        _echo_json(template_json(record))
+        return
+    click.echo(f"id:       {record.id}\nname:     {record.name}\nsubject:  {record.subject}")
+    for part, text in (("html", record.html), ("text", record.text)):
+        if text is not None:
+            click.echo(f"--- {part} ---\n{text}")
 
 
 @cli.group()

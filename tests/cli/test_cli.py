@@ -212,6 +212,8 @@ async def test_migrate_creates_the_schema_and_is_idempotent(tmp_path: Path) -> N
 
 async def test_key_create_prints_the_key_once_and_stores_only_its_hash(tmp_path: Path) -> None:
     config = write_config(tmp_path)
+    domain = await mailnode("domain", "create", "example.com", "--config", str(config), cwd=tmp_path)
+    assert domain.code == 0, domain.stderr
     result = await mailnode(
         "key", "create", "--name", "billing app", "--domain", "example.com", "--config", str(config),
         cwd=tmp_path,
@@ -239,6 +241,7 @@ async def test_key_list_json_shows_prefixes_never_keys(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     # MAILNODE_CONFIG stands in for --config.
     env = {**environment(), "MAILNODE_CONFIG": str(config)}
+    assert (await mailnode("domain", "create", "example.com", cwd=tmp_path, env=env)).code == 0
     first = await mailnode(
         "key", "create", "--name", "app one", "--domain", "example.com", cwd=tmp_path, env=env
     )

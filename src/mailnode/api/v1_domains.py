@@ -77,23 +77,23 @@ async def create_domain(request: web.Request) -> web.Response:
     name = _domain_name(text_field(body, "name", max_length=300) or "")
     key = await _new_key(ctx, body)
     domain = await ctx.domains.create_domain(name, key, ctx.config.platform.dkim_selector)
-    answer = _domain_json(domain)
+    answer = domain_json(domain)
     try:
-        answer["dns_records"] = [_record_json(r) for r in _dns_records(ctx.config, domain)]
+        answer["dns_records"] = [record_json(r) for r in dns_records(ctx.config, domain)]
     except ValueError as exc:
-        answer["dns_records"], answer["dns_error"] = None, _dns_problem(exc)
+        answer["dns_records"], answer["dns_error"] = None, dns_problem(exc)
     return web.json_response(answer, status=201, headers={"Location": f"/v1/domains/{name}"})
 
 
 async def list_domains(request: web.Request) -> web.Response:
     require_admin(request)
     domains = await context(request).domains.list_domains()
-    return web.json_response({"items": [_domain_json(d) for d in domains]})
+    return web.json_response({"items": [domain_json(d) for d in domains]})
 
 
 async def get_domain(request: web.Request) -> web.Response:
     require_admin(request)
-    return web.json_response(_domain_json(await _domain(request)))
+    return web.json_response(domain_json(await _domain(request)))
 
 
 async def delete_domain(request: web.Request) -> web.Response:
@@ -109,10 +109,10 @@ async def get_dns(request: web.Request) -> web.Response:
     ctx = context(request)
     domain = await _domain(request)
     try:
-        records = _dns_records(ctx.config, domain)
+        records = dns_records(ctx.config, domain)
     except ValueError as exc:
-        raise ApiError(409, "dns_config", _dns_problem(exc)) from None
-    return web.json_response({"records": [_record_json(r) for r in records]})
+        raise ApiError(409, "dns_config", dns_problem(exc)) from None
+    return web.json_response({"records": [record_json(r) for r in records]})
 
 
 async def rotate_dkim(request: web.Request) -> web.Response:
@@ -123,7 +123,7 @@ async def rotate_dkim(request: web.Request) -> web.Response:
     body = await json_object(request, _ROTATE_FIELDS, empty_ok=True)
     key = await _new_key(ctx, body)
     record = await ctx.domains.add_dkim_key(name, key, ctx.config.platform.dkim_selector)
-    answer = {**_dkim_json(record, signing=True), "dns_record": _record_json(_dkim_record(name, record))}
+    answer = {**_dkim_json(record, signing=True), "dns_record": record_json(dkim_dns_record(name, record))}
     return web.json_response(answer, status=201)
 
 
@@ -208,7 +208,7 @@ async def create_template(request: web.Request) -> web.Response:
         text=fields.get("text"),
     )
     location = f"/v1/domains/{name}/templates/{record.id}"
-    return web.json_response(_template_json(record), status=201, headers={"Location": location})
+    return web.json_response(template_json(record), status=201, headers={"Location": location})
 
 
 async def list_templates(request: web.Request) -> web.Response:
@@ -217,7 +217,7 @@ async def list_templates(request: web.Request) -> web.Response:
     limit = int_query(request, "limit", default=DEFAULT_PAGE, low=1, high=MAX_PAGE)
     offset = int_query(request, "offset", default=0, low=0, high=2**31)
     items, total = await context(request).domains.list_templates(name, limit=limit, offset=offset)
-    answer = {"items": [_template_json(t) for t in items], "total": total, "limit": limit, "offset": offset}
+    answer = {"items": [template_json(t) for t in items], "total": total, "limit": limit, "offset": offset}
     return web.json_response(answer)
 
 
@@ -228,7 +228,7 @@ async def get_template(request: web.Request) -> web.Response:
     if record is None:
         await _domain(request)
         raise NotFoundError(f"domain {name!r} has no template {template_id!r}")
-    return web.json_response(_template_json(record))
+    return web.json_response(template_json(record))
 
 
 async def update_template(request: web.Request) -> web.Response:
@@ -248,7 +248,7 @@ async def update_template(request: web.Request) -> web.Response:
 
     domains = context(request).domains
     record = await domains.update_template(name, request.match_info["template_id"], edit)
-    return web.json_response(_template_json(record))
+    return web.json_response(template_json(record))
 
 
 async def delete_template(request: web.Request) -> web.Response:
@@ -333,8 +333,8 @@ async def _new_key(ctx: AppContext, body: dict[str, Any]) -> DkimKeyPair:
 # -- DNS records ---------------------------------------------------------------------------------
 
 
-def _dns_records(config: Config, domain: DomainRecord) -> list[DnsRecord]:
-    """records_to_publish with this server's config; ValueError when the config cannot say."""
+def dns_records(config: Config, domain: DomainRecord) -> list[DnsRecord]:
+    """The records to publish for `domain` with this server's config; ValueError if it cannot say."""
     tracking_host = urlsplit(config.tracking_base_url).hostname
     target: str | None = config.smtp_hostname
     if tracking_host is None or tracking_host == target or not _is_dns_name(tracking_host):
@@ -358,7 +358,8 @@ def _is_dns_name(host: str) -> bool:
     return True
 
 
-def _dns_problem(exc: ValueError) -> str:
+def dns_problem(exc: ValueError) -> str:
+    """Why the records cannot be built, and which config keys to set."""
     return (
         f"cannot build the DNS records from this server's config: {exc}. The bounce MX points at "
         "`hostname` (or [smtp] hostname), which must be this server's public name like mail.example.net; "
@@ -366,7 +367,8 @@ def _dns_problem(exc: ValueError) -> str:
     )
 
 
-def _dkim_record(domain: str, key: DkimKeyRecord) -> DnsRecord:
+def dkim_dns_record(domain: str, key: DkimKeyRecord) -> DnsRecord:
+    """The TXT record that publishes one DKIM key (RFC 6376 §3.6.2.1)."""
     value = dkim_txt_value(key.algorithm, key.public_key_b64)
     purpose = f"DKIM public key for selector {key.selector} ({key.algorithm})"
     return DnsRecord(f"{key.selector}._domainkey.{domain}", "TXT", value, purpose)
@@ -375,7 +377,8 @@ def _dkim_record(domain: str, key: DkimKeyRecord) -> DnsRecord:
 # -- answers ---------------------------------------------------------------------------------
 
 
-def _domain_json(domain: DomainRecord) -> dict[str, Any]:
+def domain_json(domain: DomainRecord) -> dict[str, Any]:
+    """A domain as /v1 answers it (also `mailnode domain show --json`)."""
     signing = domain.signing_key
     return {
         "name": domain.name,
@@ -394,7 +397,8 @@ def _dkim_json(key: DkimKeyRecord, *, signing: bool) -> dict[str, Any]:
     }
 
 
-def _record_json(record: DnsRecord) -> dict[str, str]:
+def record_json(record: DnsRecord) -> dict[str, str]:
+    """A DNS record to publish, as /v1 answers it."""
     return {"name": record.name, "type": record.type, "value": record.value, "purpose": record.purpose}
 
 
@@ -417,7 +421,8 @@ def _key_json(record: ApiKeyRecord, now: float) -> dict[str, Any]:
     }
 
 
-def _template_json(record: TemplateRecord) -> dict[str, Any]:
+def template_json(record: TemplateRecord) -> dict[str, Any]:
+    """A template as /v1 answers it."""
     return {
         "id": record.id,
         "domain": record.domain,
