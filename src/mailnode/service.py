@@ -22,6 +22,8 @@ from mailnode.api.app import create_app
 from mailnode.api.context import AppContext
 from mailnode.config import Config
 from mailnode.errors import MailnodeError
+from mailnode.platform.domain_keys import DomainKeys
+from mailnode.platform.renderer import BatchRenderer
 from mailnode.router.endpoints import build_endpoint, endpoint_from_spec
 from mailnode.router.exploder import Exploder
 from mailnode.router.filters import Router, build_chains, load_dkim_keys
@@ -31,7 +33,7 @@ from mailnode.smtp.authcheck import InboundChecker
 from mailnode.smtp.mx import MxResolver
 from mailnode.smtp.server import SmtpListeners
 from mailnode.smtp.tls import ensure_dev_certificate, server_tls_context
-from mailnode.storage.batches import BatchStore
+from mailnode.storage.batches import VERP_KEYS, BatchStore
 from mailnode.storage.domains import DomainStore
 from mailnode.storage.store import Clock, Store
 from mailnode.tasks import TaskSet
@@ -88,6 +90,7 @@ class Service:
             clock=self.clock,
         )
         self.store = store
+        self.domains = DomainStore(store)
         await store.register_session(self.session_id)
         versions = VersionCache(poll_interval=config.delivery.poll_interval_seconds)
         store.subscribe(versions)
@@ -106,15 +109,17 @@ class Service:
         self.smtp = await SmtpListeners.start(
             config, exploder=self.exploder, store=store, tls_context=self._tls_context(), clock=self.clock
         )
+        batches = BatchStore(store)
         await self._start_http(
             AppContext(
                 config,
                 store,
                 versions,
-                domains=DomainStore(store),
-                batches=BatchStore(store),
+                domains=self.domains,
+                batches=batches,
                 admin_token=config.admin_token(),
                 random_bytes=self.random_bytes,
+                verp_keys=await batches.signing_keyring(VERP_KEYS, lambda: self.random_bytes(32)),
             )
         )
         log.info("mailnode started session=%s http=%s", self.session_id, self.base_url)
@@ -142,7 +147,9 @@ class Service:
         }
         router = Router(build_endpoint(config, store, resolver), routes, copies)
         self._router = router
-        chains = build_chains(config, router, load_dkim_keys(config))
+        domain_keys = DomainKeys(self.domains, self.clock)
+        self.domain_keys = domain_keys
+        chains = build_chains(config, router, load_dkim_keys(config), domain_keys, self.clock)
         settings = OutputSettings(
             session_id=self.session_id,
             concurrency=config.delivery.concurrency,
@@ -158,6 +165,7 @@ class Service:
             config.retry_policy,
             settings,
             new_message_id=lambda: f"{secrets.token_hex(12)}@{config.hostname}",
+            renderer=BatchRenderer(BatchStore(store), self.clock),
         )
 
     async def _start_http(self, ctx: AppContext) -> None:

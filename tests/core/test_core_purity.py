@@ -62,4 +62,5 @@ def test_core_module_imports_only_stdlib_and_core(module_name: str) -> None:
         and name.split(".")[0] not in ALLOWED_PURE_LIBRARIES
         and name != "__future__"
     }
-    assert not foreign, f"{module_name} imports {sorted(foreign)} (stdlib, mailnode.core and pure compute libraries only)"
+    allowed = "stdlib, mailnode.core and pure compute libraries only"
+    assert not foreign, f"{module_name} imports {sorted(foreign)} ({allowed})"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mailnode.smtp.auth import AuthThrottle, ThrottleSettings, sender_allowed
+from mailnode.core.address import sender_domain_allowed
+from mailnode.smtp.auth import AuthThrottle, ThrottleSettings
 from mailnode.smtp.server import split_path
 
 SETTINGS = ThrottleSettings(
@@ -80,7 +81,7 @@ def test_the_table_is_bounded_and_forgets_the_longest_idle_client_first() -> Non
     ],
 )
 def test_sender_domains_a_key_may_use(key_domain: str | None, sender_domain: str, allowed: bool) -> None:
-    assert sender_allowed(key_domain, sender_domain) is allowed
+    assert sender_domain_allowed(key_domain, sender_domain) is allowed
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from mailnode.config import Config
 from mailnode.router.version_cache import VersionCache
-from mailnode.storage.batches import BatchStore
+from mailnode.storage.batches import BatchStore, SigningKeyring
 from mailnode.storage.domains import DomainStore
 from mailnode.storage.store import Store
 
@@ -22,6 +22,8 @@ class AppContext:
     domains: DomainStore
     batches: BatchStore
     admin_token: str  # "" when admin routes are closed
+    # The secrets VERP return paths are signed with (the newest signs).
+    verp_keys: SigningKeyring
     # Randomness is injected (tests pass a seeded source); os.urandom in production.
     random_bytes: Callable[[int], bytes]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ class Address:
     @property
     def domain_ascii(self) -> str:
         """The domain as an ASCII host name: IDNA A-labels, lower-case."""
-        return self.domain.encode("idna").decode("ascii").lower()
+        return _idna(self.domain)
 
 
 def parse_address(text: str) -> Address:
@@ -95,6 +96,14 @@ def _check_local(local: str) -> None:
         raise AddressError("bang paths and %-routed addresses are not accepted")
 
 
+@functools.lru_cache(maxsize=4096)
+def _idna(domain: str) -> str:
+    return domain.encode("idna").decode("ascii").lower()
+
+
+# Cached: the recipients of a batch share a handful of domains. (A domain that fails raises,
+# and exceptions are not cached.)
+@functools.lru_cache(maxsize=4096)
 def _check_domain(domain: str) -> None:
     if domain.startswith("["):
         raise AddressError("address literals ([...]) are not accepted; use a domain name")
@@ -113,3 +122,25 @@ def _check_domain(domain: str) -> None:
             raise AddressError("domain has an empty label (two dots in a row or a trailing dot)")
         if not _LABEL.fullmatch(label):
             raise AddressError(f"domain label {label!r} is not a valid host name label")
+
+
+def sender_domain_allowed(key_domain: str | None, sender_domain: str) -> bool:
+    """May a key for `key_domain` send as `sender_domain` (the same domain or a parent of it)?
+
+    A key for mail.example.com may send as example.com; a bare top-level domain ("com") is
+    never a sender domain. A key without a domain may send as anyone.
+    """
+    if not key_domain:
+        return True
+    key = _ascii(key_domain)
+    sender = _ascii(sender_domain)
+    if key is None or sender is None:
+        return False
+    return key == sender or ("." in sender and key.endswith("." + sender))
+
+
+def _ascii(domain: str) -> str | None:
+    try:
+        return domain.rstrip(".").encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime
 import encodings.idna
+import functools
 import ipaddress
 import re
 from collections.abc import Collection
@@ -128,6 +129,8 @@ def new_selector(existing: Collection[str], base: str = DEFAULT_SELECTOR, *, tod
     return validate_selector(chosen)
 
 
+# Cached: a batch signs thousands of VERP addresses on one bounce domain.
+@functools.lru_cache(maxsize=1024)
 def canonical_domain(name: str) -> str:
     """The domain in lower-case A-labels without a final dot; raises DomainNameError."""
     text = name.strip().lower()

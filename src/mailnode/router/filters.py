@@ -6,12 +6,11 @@ import asyncio
 import dataclasses
 import datetime
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
-
-import dkim
 
 from mailnode.config import Config, IngressRoute
 from mailnode.core.headers import (
@@ -25,6 +24,7 @@ from mailnode.core.outcome import Stage
 from mailnode.core.response import Response
 from mailnode.core.transaction import TransactionRecord
 from mailnode.errors import PermanentDeliveryError, TransientDeliveryError
+from mailnode.platform.dkim_signer import sign_message
 from mailnode.router.endpoints import Endpoint
 from mailnode.router.routes import match_route
 
@@ -38,6 +38,8 @@ class DeliveryContext:
     record: TransactionRecord
     message: bytes
     check: MessageCheck | None = field(default=None)
+    # Set for /v1 deliveries: the batch's domain, whose key signs whatever the From says.
+    signing_domain: str | None = None
 
     def message_check(self) -> MessageCheck:
         if self.check is None:
@@ -103,6 +105,13 @@ class DkimKey:
     domain: str
     selector: str
     private_key: bytes  # PEM
+    algorithm: str = "rsa"
+
+
+class DomainKeySource(Protocol):
+    """The platform's per-domain keys in the database (platform/domain_keys.py)."""
+
+    async def key_for(self, domain: str) -> DkimKey | None: ...
 
 
 # Headers signed when present (RFC 6376 §5.4.1 recommends From, Subject, Date, To, Cc, ...).
@@ -114,29 +123,60 @@ SIGNED_HEADERS = (
 
 
 class DkimFilter:
-    """Signs with the key of the From domain (or a parent domain), when there is one."""
+    """Signs with the key of the From domain (or a parent domain), when there is one.
 
-    def __init__(self, keys: Mapping[str, DkimKey]) -> None:
+    Keys from `[dkim.<domain>]` come first, then the platform's domains. A /v1 delivery is
+    signed by its batch's domain.
+    """
+
+    def __init__(
+        self,
+        keys: Mapping[str, DkimKey],
+        domain_keys: DomainKeySource | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._keys = dict(keys)
+        self._domain_keys = domain_keys
+        self._clock = clock
 
     def key_for(self, domain: str | None) -> DkimKey | None:
-        while domain:
-            if domain in self._keys:
-                return self._keys[domain]
-            domain = domain.partition(".")[2] if "." in domain else None
+        """The configured key for `domain` or its nearest parent."""
+        for candidate in _self_and_parents(domain):
+            if candidate in self._keys:
+                return self._keys[candidate]
         return None
 
+    async def _key(self, delivery: DeliveryContext) -> DkimKey | None:
+        if delivery.signing_domain is not None and self._domain_keys is not None:
+            return await self._domain_keys.key_for(delivery.signing_domain)
+        from_domain = delivery.message_check().from_domain
+        key = self.key_for(from_domain)
+        if key is None and self._domain_keys is not None:
+            for candidate in _self_and_parents(from_domain):
+                key = await self._domain_keys.key_for(candidate)
+                if key is not None:
+                    break
+        return key
+
     async def __call__(self, delivery: DeliveryContext) -> None:
-        if not self._keys:
+        if not self._keys and self._domain_keys is None:
             return  # no domain signs: no need to look at the message at all
-        key = self.key_for(delivery.message_check().from_domain)
+        key = await self._key(delivery)
         if key is None:
             return
         present = {line.split(b":", 1)[0].strip().lower() for line in _header_names(delivery.message)}
         include = [h for h in SIGNED_HEADERS if h in present]
-        # RSA signing is CPU work; keep it off the event loop.
-        signature = await asyncio.to_thread(_sign, delivery.message, key, include)
+        # Signing is CPU work (~1 ms for RSA-2048); keep it off the event loop.
+        signature = await asyncio.to_thread(_sign, delivery.message, key, include, int(self._clock()))
         delivery.message = signature + delivery.message
+
+
+def _self_and_parents(domain: str | None) -> list[str]:
+    """example.com for "example.com"; mail.example.com, example.com for "mail.example.com"."""
+    if not domain:
+        return []
+    labels = domain.lower().split(".")
+    return [".".join(labels[i:]) for i in range(len(labels) - 1)]
 
 
 def _header_names(message: bytes) -> list[bytes]:
@@ -144,19 +184,18 @@ def _header_names(message: bytes) -> list[bytes]:
     return [line for line in head.splitlines() if line and line[:1] not in (b" ", b"\t")]
 
 
-def _sign(message: bytes, key: DkimKey, include: Sequence[bytes]) -> bytes:
+def _sign(message: bytes, key: DkimKey, include: Sequence[bytes], timestamp: int) -> bytes:
     try:
-        return bytes(
-            dkim.sign(
-                message,
-                key.selector.encode(),
-                key.domain.encode(),
-                key.private_key,
-                canonicalize=(b"relaxed", b"relaxed"),
-                include_headers=list(include),
-            )
+        return sign_message(
+            message,
+            domain=key.domain,
+            selector=key.selector,
+            private_key_pem=key.private_key,
+            algorithm=key.algorithm,
+            include_headers=include,
+            timestamp=timestamp,
         )
-    except dkim.DKIMException as exc:
+    except ValueError as exc:
         raise TransientDeliveryError(Response(451, f"4.3.0 DKIM signing failed: {exc}"), "data") from exc
 
 
@@ -215,7 +254,13 @@ def load_dkim_keys(config: Config) -> dict[str, DkimKey]:
 FilterFactory = Callable[[], Filter]
 
 
-def build_chains(config: Config, router: Router, dkim_keys: Mapping[str, DkimKey]) -> dict[str, Chain]:
+def build_chains(
+    config: Config,
+    router: Router,
+    dkim_keys: Mapping[str, DkimKey],
+    domain_keys: DomainKeySource | None = None,
+    clock: Callable[[], float] = time.time,
+) -> dict[str, Chain]:
     """One chain per sender profile, with the message filters in the order the profile lists."""
     chains: dict[str, Chain] = {}
     for name, profile in config.senders.items():
@@ -224,7 +269,7 @@ def build_chains(config: Config, router: Router, dkim_keys: Mapping[str, DkimKey
             "validation": lambda p=profile: ValidationFilter(  # type: ignore[misc]
                 config.hostname, add_missing_headers=p.add_missing_headers
             ),
-            "dkim": lambda: DkimFilter(dkim_keys),
+            "dkim": lambda: DkimFilter(dkim_keys, domain_keys, clock),
         }
         filters = tuple(factories[f]() for f in profile.filters if f != "router")
         chains[name] = Chain(filters, router)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import compat32
+from typing import Protocol
 
 from mailnode.core.dsn import FailedDelivery, build_dsn
 from mailnode.core.exploder import decide_with_fate
@@ -27,6 +28,20 @@ from mailnode.smtp.client import EnvelopeInfo
 from mailnode.storage.store import Store
 
 log = logging.getLogger(__name__)
+
+
+class Rendered(Protocol):
+    @property
+    def message(self) -> bytes: ...
+
+    @property
+    def domain(self) -> str: ...
+
+
+class Renderer(Protocol):
+    """Builds a /v1 delivery's message from its batch (platform/renderer.py)."""
+
+    async def render(self, record: TransactionRecord) -> Rendered: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +66,10 @@ class OutputHandler:
         settings: OutputSettings,
         *,
         new_message_id: Callable[[], str],
+        renderer: Renderer | None = None,
     ) -> None:
         self._store = store
+        self._renderer = renderer
         self._chains = chains
         self._retry_policy = retry_policy
         self._settings = settings
@@ -196,8 +213,8 @@ class OutputHandler:
     async def _run_chain(self, record: TransactionRecord) -> tuple[AttemptResult, bytes | None]:
         message: bytes | None = None
         try:
-            message = await self._load_message(record)
-            delivery = await self._filter(record, message)
+            message, signing_domain = await self._load_message(record)
+            delivery = await self._filter(record, message, signing_domain)
             endpoint = self._chains[record.sender].router.route(record)
             if endpoint is None:
                 return AttemptResult.failed_at(Stage.RCPT, _NO_ROUTE), message
@@ -222,8 +239,10 @@ class OutputHandler:
             log.exception("attempt failed with an internal error tx=%s", record.rest_id)
             return AttemptResult.failed_at(Stage.MAIL, _INTERNAL_ERROR), message
 
-    async def _filter(self, record: TransactionRecord, message: bytes) -> DeliveryContext:
-        delivery = DeliveryContext(record, message)
+    async def _filter(
+        self, record: TransactionRecord, message: bytes, signing_domain: str | None = None
+    ) -> DeliveryContext:
+        delivery = DeliveryContext(record, message, signing_domain=signing_domain)
         for step in self._chains[record.sender].filters:
             await step(delivery)
         return delivery
@@ -293,11 +312,15 @@ class OutputHandler:
             log.exception("cut-through attempt failed with an internal error tx=%s", record.rest_id)
             return AttemptResult.failed_at(Stage.MAIL, _INTERNAL_ERROR), message
 
-    async def _load_message(self, record: TransactionRecord) -> bytes:
+    async def _load_message(self, record: TransactionRecord) -> tuple[bytes, str | None]:
+        """The message to send, and the domain that signs it when that is not the From's."""
+        if record.batch_id is not None and self._renderer is not None:
+            rendered = await self._renderer.render(record)
+            return rendered.message, rendered.domain
         blobs = await self._store.read_blobs(record.id)
         if record.message_builder is not None:
-            return build_message(parse_spec(record.message_builder), blobs)
-        return blobs[BODY]
+            return build_message(parse_spec(record.message_builder), blobs), None
+        return blobs[BODY], None
 
     def _destination(self, key: str) -> asyncio.Semaphore:
         semaphore = self._destinations.get(key)

@@ -81,25 +81,3 @@ async def authenticate(store: Store, login: str, password: str, now: float) -> A
     if record.domain:
         names.add(record.domain.lower().rstrip("."))
     return record if login.lower().rstrip(".") in names else None
-
-
-def sender_allowed(key_domain: str | None, sender_domain: str) -> bool:
-    """May a key for `key_domain` send as `sender_domain` (the same domain or a parent of it)?
-
-    A key for mail.example.com may send as example.com; a bare top-level domain ("com") is
-    never a sender domain. A key without a domain may send as anyone.
-    """
-    if not key_domain:
-        return True
-    key = _ascii(key_domain)
-    sender = _ascii(sender_domain)
-    if key is None or sender is None:
-        return False
-    return key == sender or ("." in sender and key.endswith("." + sender))
-
-
-def _ascii(domain: str) -> str | None:
-    try:
-        return domain.rstrip(".").encode("idna").decode("ascii").lower()
-    except UnicodeError:
-        return None

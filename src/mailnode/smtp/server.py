@@ -26,13 +26,13 @@ from typing import Any, AnyStr
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session, TLSSetupException
 
 from mailnode.config import Config, HostPort, IngressRoute
-from mailnode.core.address import AddressError, parse_address, parse_reverse_path
+from mailnode.core.address import AddressError, parse_address, parse_reverse_path, sender_domain_allowed
 from mailnode.core.exploder import Mode
 from mailnode.core.response import Response
 from mailnode.errors import ConfigError, MailnodeError
 from mailnode.router.exploder import DownstreamTransaction, Exploder, SmtpClient
 from mailnode.router.routes import match_route
-from mailnode.smtp.auth import AuthThrottle, ThrottleSettings, authenticate, sender_allowed
+from mailnode.smtp.auth import AuthThrottle, ThrottleSettings, authenticate
 from mailnode.smtp.peer import CHECK_UNAVAILABLE, FCRDNS_FAILED, HELO_FAILED, DnsUnavailable, PeerChecker
 from mailnode.storage.store import ApiKeyRecord, Store
 from mailnode.tasks import TaskSet
@@ -506,7 +506,7 @@ class _Handler:
             sender = parse_reverse_path("" if address == "<>" else address)
         except AddressError as exc:
             return _Reply(f"501 5.1.7 bad sender address: {exc}")
-        if sender is not None and key is not None and not sender_allowed(key.domain, sender.domain):
+        if sender is not None and key is not None and not sender_domain_allowed(key.domain, sender.domain):
             return _Reply(
                 f"550 5.7.1 sender domain {sender.domain} is not allowed for this key (domain {key.domain})"
             )

@@ -168,6 +168,10 @@ class Store:
         """Run `work` on a reader connection."""
         return await self._readers.run(work)
 
+    def new_id(self) -> str:
+        """A new transaction id (random; injectable for tests)."""
+        return self._new_id()
+
     def notify(self, records: Iterable[TransactionRecord], *, queued: bool) -> None:
         """Tell listeners about deliveries another store wrote (after its commit)."""
         self._notify(records, queued=queued)
@@ -1003,3 +1007,9 @@ def _record(
         batch_id=row.batch_id,
         recipient=row.recipient,
     )
+
+
+# For the platform's stores beside this one (storage/batches.py).
+LOAD_TRANSACTIONS = _LOAD
+load_rows = _load_rows
+inserted_id = _inserted_id
