@@ -76,6 +76,8 @@ async def test_a_domain_is_created_once_with_its_first_key(domains: DomainStore,
 async def test_rotation_keeps_the_old_key_and_the_newest_signs(
     store: Store, domains: DomainStore, key: DkimKeyPair
 ) -> None:
+    changed: list[str] = []
+    domains.on_keys_changed(changed.append)
     await domains.create_domain("example.com", key, "mailnode")
     clock_of(store).now += DAY
     newer = generate_dkim_key("ed25519")
@@ -95,6 +97,9 @@ async def test_rotation_keeps_the_old_key_and_the_newest_signs(
         await domains.remove_dkim_key("example.com", "mailnode")
     assert (await domains.signing_key("example.com")) == added
     assert await domains.signing_key("example.org") is None
+    assert changed == ["example.com"] * 4  # two rotations, two removals; not the refused ones
+    await domains.delete_domain("example.com")
+    assert changed[-1] == "example.com" and len(changed) == 5
 
 
 async def test_api_keys_of_a_domain_newest_first_and_deactivation_is_idempotent(

@@ -78,6 +78,18 @@ class DomainStore:
     def __init__(self, store: Store) -> None:
         self._store = store
         self.clock = store.clock
+        self._key_listeners: list[Callable[[str], None]] = []
+
+    def on_keys_changed(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(domain)` after each commit that changes the keys of a domain.
+
+        Caches of signing keys (platform/domain_keys.py) drop the domain's entry at once.
+        """
+        self._key_listeners.append(listener)
+
+    def _keys_changed(self, domain: str) -> None:
+        for listener in self._key_listeners:
+            listener(domain)
 
     # -- domains ---------------------------------------------------------------------------
 
@@ -96,10 +108,12 @@ class DomainStore:
     async def delete_domain(self, name: str) -> int:
         """Delete a domain, its keys and templates; cancel its unsent deliveries (their count)."""
         now = self.clock()
-        cancelled = await self._store.write(
-            lambda conn: _delete_domain(conn, name, now),
-            on_commit=lambda records: self._store.notify(records, queued=False),
-        )
+
+        def committed(records: list[TransactionRecord]) -> None:
+            self._store.notify(records, queued=False)
+            self._keys_changed(name)
+
+        cancelled = await self._store.write(lambda conn: _delete_domain(conn, name, now), on_commit=committed)
         return len(cancelled)
 
     # -- DKIM keys -------------------------------------------------------------------------
@@ -107,11 +121,17 @@ class DomainStore:
     async def add_dkim_key(self, domain: str, key: DkimKeyPair, base_selector: str) -> DkimKeyRecord:
         """Rotation: a new key under a new selector signs from now on; older keys stay."""
         now = self.clock()
-        return await self._store.write(lambda conn: _add_dkim_key(conn, domain, key, base_selector, now))
+        return await self._store.write(
+            lambda conn: _add_dkim_key(conn, domain, key, base_selector, now),
+            on_commit=lambda _: self._keys_changed(domain),
+        )
 
     async def remove_dkim_key(self, domain: str, selector: str) -> None:
         """Retire a key; refused for the domain's last one, which mail is signed with."""
-        await self._store.write(lambda conn: _remove_dkim_key(conn, domain, selector))
+        await self._store.write(
+            lambda conn: _remove_dkim_key(conn, domain, selector),
+            on_commit=lambda _: self._keys_changed(domain),
+        )
 
     async def signing_key(self, domain: str) -> DkimKeyRecord | None:
         """The newest key of `domain` (the one to sign with), or None: one indexed query."""
