@@ -307,3 +307,16 @@ async def test_an_expired_key_fails_like_an_unknown_one(tmp_path: Path, sink: Si
         assert shown["state"] == "expired"
     finally:
         await stop_mailnode(node)
+
+
+async def test_records_that_the_config_cannot_give_say_which_key_to_set(
+    mailnode_factory: MailnodeFactory,
+) -> None:
+    # "localhost" names no host on the Internet: the bounce MX cannot point at it.
+    node = await mailnode_factory(admin={"token": ADMIN_TOKEN}, hostname="localhost")
+    created = await new_domain(node, dkim_algorithm="ed25519")
+    assert created["dns_records"] is None
+    assert "`hostname`" in created["dns_error"]
+    status, answer = await call(node, "GET", "/v1/domains/example.com/dns")
+    assert (status, answer["error"]["code"]) == (409, "dns_config")
+    assert "`hostname`" in answer["error"]["message"]
