@@ -24,6 +24,7 @@ from mailnode.api.v1_domains import (
     dns_problem,
     dns_records,
     domain_json,
+    domain_with_records_json,
     record_json,
     template_json,
 )
@@ -335,15 +336,6 @@ def _domain_text(config: Config, record: DomainRecord, *, with_dns: bool) -> Non
         _echo_records(config, record)
 
 
-def _domain_answer(config: Config, record: DomainRecord) -> dict[str, Any]:
-    answer = domain_json(record)
-    try:
-        answer["dns_records"] = [record_json(r) for r in dns_records(config, record)]
-    except ValueError as exc:
-        answer["dns_records"], answer["dns_error"] = None, dns_problem(exc)
-    return answer
-
-
 def _when(timestamp: float) -> str:
     return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
@@ -376,7 +368,7 @@ def domain_create(
     selector = config.platform.dkim_selector
     record = _domain_store(config, lambda domains: domains.create_domain(canonical, key, selector))
     if as_json:
-        _echo_json(_domain_answer(config, record))
+        _echo_json(domain_with_records_json(config, record))
     else:
         _domain_text(config, record, with_dns=True)
 
@@ -414,7 +406,7 @@ def domain_show(name: str, as_json: bool, config_file: str | None) -> None:
     canonical = canonical_domain(name)
     record = _found(_domain_store(config, lambda domains: domains.get_domain(canonical)), canonical)
     if as_json:
-        _echo_json(_domain_answer(config, record))
+        _echo_json(domain_with_records_json(config, record))
     else:
         _domain_text(config, record, with_dns=True)
 

@@ -77,11 +77,7 @@ async def create_domain(request: web.Request) -> web.Response:
     name = _domain_name(text_field(body, "name", max_length=300) or "")
     key = await _new_key(ctx, body)
     domain = await ctx.domains.create_domain(name, key, ctx.config.platform.dkim_selector)
-    answer = domain_json(domain)
-    try:
-        answer["dns_records"] = [record_json(r) for r in dns_records(ctx.config, domain)]
-    except ValueError as exc:
-        answer["dns_records"], answer["dns_error"] = None, dns_problem(exc)
+    answer = domain_with_records_json(ctx.config, domain)
     return web.json_response(answer, status=201, headers={"Location": f"/v1/domains/{name}"})
 
 
@@ -385,6 +381,16 @@ def domain_json(domain: DomainRecord) -> dict[str, Any]:
         "created_at": rfc3339(domain.created_at),
         "dkim": [_dkim_json(k, signing=k is signing) for k in domain.dkim_keys],
     }
+
+
+def domain_with_records_json(config: Config, domain: DomainRecord) -> dict[str, Any]:
+    """A domain with its DNS records, or with dns_error saying why the config cannot give them."""
+    answer = domain_json(domain)
+    try:
+        answer["dns_records"] = [record_json(r) for r in dns_records(config, domain)]
+    except ValueError as exc:
+        answer["dns_records"], answer["dns_error"] = None, dns_problem(exc)
+    return answer
 
 
 def _dkim_json(key: DkimKeyRecord, *, signing: bool) -> dict[str, Any]:
