@@ -18,7 +18,7 @@ from mailnode.core.dkim_keys import DkimAlgorithm, DkimKeyPair, new_selector
 from mailnode.core.outcome import FinalReason, Status
 from mailnode.core.transaction import TransactionRecord
 from mailnode.errors import ConflictError, NotFoundError
-from mailnode.storage.store import ApiKeyRecord, Store, _inserted_id, _load
+from mailnode.storage.store import LOAD_TRANSACTIONS, ApiKeyRecord, Store, inserted_id, load_rows
 from mailnode.storage.tables import api_keys, batches, dkim_keys, domains, templates, transactions
 
 TEMPLATE_ID_PREFIX = "tpl_"
@@ -262,6 +262,7 @@ _CANCEL = (
         version=transactions.c.version + 1,
     )
 )
+_LOAD_BY_IDS = LOAD_TRANSACTIONS.where(transactions.c.id.in_(bindparam("ids", expanding=True)))
 
 _API_KEYS_OF = select(api_keys).where(api_keys.c.domain == bindparam("name")).order_by(api_keys.c.id.desc())
 _API_KEY = select(api_keys).where(
@@ -324,7 +325,7 @@ def _create_domain(
 ) -> DomainRecord:
     if conn.execute(_DOMAIN_ID, {"name": name}).scalar() is not None:
         raise ConflictError(f"domain {name!r} already exists")
-    domain_id = _inserted_id(conn.execute(_INSERT_DOMAIN, {"name": name, "created_at": now}))
+    domain_id = inserted_id(conn.execute(_INSERT_DOMAIN, {"name": name, "created_at": now}))
     record = _insert_dkim_key(conn, domain_id, key, new_selector((), base_selector, today=_day(now)), now)
     return DomainRecord(name, now, (record,))
 
@@ -355,7 +356,7 @@ def _delete_domain(conn: Connection, name: str, now: float) -> list[TransactionR
     conn.execute(_DELETE_DOMAIN_KEYS, {"name": name})
     # dkim_keys and templates go with the row (ON DELETE CASCADE; foreign keys are on).
     conn.execute(_DELETE_DOMAIN, {"domain_id": domain_id})
-    return _load(conn, ids) if ids else []
+    return [record for _, record in load_rows(conn, _LOAD_BY_IDS, ids=ids)] if ids else []
 
 
 def _add_dkim_key(
@@ -399,7 +400,7 @@ def _remove_dkim_key(conn: Connection, domain: str, selector: str) -> None:
 
 def _create_api_key(conn: Connection, values: dict[str, Any]) -> ApiKeyRecord:
     _domain_id(conn, values["domain"])
-    key_id = _inserted_id(conn.execute(_INSERT_API_KEY, values))
+    key_id = inserted_id(conn.execute(_INSERT_API_KEY, values))
     return ApiKeyRecord(id=key_id, deactivated_at=None, **values)
 
 
