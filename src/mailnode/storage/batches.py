@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Integer, bindparam, delete, func, select, update
+from sqlalchemy import Connection, Integer, Table, bindparam, delete, func, select, update
 
 from mailnode.core.outcome import FinalReason, Status
 from mailnode.core.transaction import TransactionRecord
@@ -253,40 +254,54 @@ def _insert_batch(conn: Connection, batch: NewBatch, now: float, due: float) -> 
         )
     )
     if batch.deliveries:
-        conn.execute(
-            transactions.insert(), [_delivery_row(d, batch, batch_id, now, due) for d in batch.deliveries]
-        )
+        shared = _shared_delivery_values(batch, batch_id, now, due)
+        rows = [
+            {
+                **shared,
+                "rest_id": d.rest_id,
+                "mail_from": d.mail_from,
+                "rcpt_to": d.rcpt_to,
+                "recipient": json.dumps(d.recipient, separators=(",", ":")),
+            }
+            for d in batch.deliveries
+        ]
+        bulk_insert(conn, transactions, rows)
     return batch_id
 
 
-def _delivery_row(
-    delivery: NewDelivery, batch: NewBatch, batch_id: int, now: float, due: float
-) -> dict[str, Any]:
+def _shared_delivery_values(batch: NewBatch, batch_id: int, now: float, due: float) -> dict[str, Any]:
+    """The columns every delivery of a batch has in common."""
     return {
-        "rest_id": delivery.rest_id,
         "sender": PLATFORM_SENDER,
-        "mail_from": delivery.mail_from,
-        "rcpt_to": delivery.rcpt_to,
-        "message_builder": None,
         "status": Status.QUEUED.value,
         "version": 1,
         "created_at": now,
         "updated_at": now,
         "next_attempt_at": due,
         "attempt_count": 0,
-        "lease_owner": None,
-        "lease_expires_at": None,
         "retry": True,
         "bounce": False,
         "cancelled": False,
-        "client_address": None,
-        "client_helo": None,
         "protocol": "HTTP",
         "api_key_id": batch.api_key_id,
-        "parent_id": None,
         "batch_id": batch_id,
-        "recipient": delivery.recipient,
     }
+
+
+def bulk_insert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """INSERT many rows of plain values (JSON already serialized) in one executemany.
+
+    SQLAlchemy's per-row parameter processing costs three times the insert itself for a
+    10,000-recipient batch; the statement is still compiled by the connection's dialect, so
+    this stays portable. Columns not in the rows are NULL.
+    """
+    columns = list(rows[0])
+    compiled = table.insert().compile(dialect=conn.dialect, column_keys=columns)
+    if compiled.positional:
+        order = compiled.positiontup or []
+        conn.exec_driver_sql(compiled.string, [tuple(row[name] for name in order) for row in rows])
+    else:
+        conn.exec_driver_sql(compiled.string, list(rows))
 
 
 def _get_batch(conn: Connection, public_id: str, domain: str | None) -> BatchRecord | None:
