@@ -203,6 +203,8 @@ class Service:
                 if now - last_gc >= storage.gc_interval_seconds:
                     last_gc = now
                     removed = await store.collect_garbage(now - storage.gc_ttl_seconds)
+                    ttl = self.config.platform.idempotency_ttl_seconds
+                    await BatchStore(store).forget_idempotency_keys(now - ttl)
                 if expired or removed:
                     log.info("housekeeping expired=%d removed=%d", expired, removed)
             except Exception:
