@@ -9,8 +9,10 @@ import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.conftest import ADMIN_TOKEN
 from tests.smtp_server.conftest import SmtpFactory
 from tests.smtp_server.test_transactions import message, submission_client
+from tests.support.platform import create_domain
 from tests.support.sink import Sink
 
 
@@ -54,3 +56,19 @@ async def test_a_submitted_message_is_signed_and_verifies(
         assert header in received.data
     # A change in transit breaks it: the signature covers the body and the signed headers.
     assert not dkim.verify(received.data.replace(b"hello", b"HELLO"), dnsfunc=dns)
+
+
+async def test_a_platform_domain_key_authenticates_submission_and_its_dkim_key_signs(
+    smtp_factory: SmtpFactory, sink: Sink
+) -> None:
+    smtp = await smtp_factory(admin={"token": ADMIN_TOKEN})
+    domain = await create_domain(smtp.node, "example.com")
+    client = await submission_client(smtp, domain.key)
+    errors, _ = await client.send_message(message(sender="alice@example.com"))
+    await client.quit()
+    assert errors == {}
+
+    [received] = await sink.wait_for_messages(1)
+    assert received.data.startswith(b"DKIM-Signature: ")
+    assert b"d=example.com" in received.data.split(b"\r\n\r\n")[0]
+    assert domain.verify(received.data)
