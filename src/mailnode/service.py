@@ -148,6 +148,7 @@ class Service:
         router = Router(build_endpoint(config, store, resolver), routes, copies)
         self._router = router
         domain_keys = DomainKeys(self.domains, self.clock)
+        self.domains.on_keys_changed(domain_keys.invalidate)
         self.domain_keys = domain_keys
         chains = build_chains(config, router, load_dkim_keys(config), domain_keys, self.clock)
         settings = OutputSettings(

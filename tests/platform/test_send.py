@@ -233,3 +233,25 @@ async def test_recipient_whose_fields_cannot_fill_the_unsubscribe_url_is_rejecte
     assert answer["rejected"] == [{"email": "b@example.org", "reason": "unsubscribe_url_unresolved"}]
     (received,) = await sink.wait_for_messages(1)
     assert received.rcpt_tos == ["a@example.org"]
+
+
+async def test_after_a_rotation_the_next_message_is_signed_with_the_new_selector(
+    node: Mailnode, domain: Domain, sink: Sink
+) -> None:
+    body = {"sender": SENDER, "subject": "s", "text": "t", "recipients": [{"email": "a@example.org"}]}
+    await send(node, domain, body)
+    (first,) = await sink.wait_for_messages(1)
+    async with node.http.post(
+        f"{node.url}/v1/domains/example.com/dkim/rotate", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    ) as response:
+        assert response.status == 201
+        selector = (await response.json())["selector"]
+    async with node.http.get(
+        f"{node.url}/v1/domains/example.com/dns", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    ) as response:
+        domain.dns = (await response.json())["records"]
+    await send(node, domain, body)
+    _, second = await sink.wait_for_messages(2)
+    assert "s=mailnode;" in _parse(first.data)["DKIM-Signature"].replace(" ", "")
+    assert f"s={selector};" in _parse(second.data)["DKIM-Signature"].replace(" ", "")
+    assert domain.verify(first.data) and domain.verify(second.data)
