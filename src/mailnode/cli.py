@@ -248,6 +248,76 @@ def check_config(file: str) -> None:
     click.echo(f"{file}: ok")
 
 
+@cli.command()
+@click.option(
+    "--config", "config_file", metavar="FILE", default="mailnode.toml", show_default=True,
+    help="Where to write the config file.",
+)  # fmt: skip
+@click.option(
+    "--data-dir", metavar="DIR", default="mailnode-data", show_default=True,
+    help="Where the database and the development certificate go.",
+)  # fmt: skip
+@click.option("--force", is_flag=True, help="Overwrite an existing config file (with a new admin token).")
+@_fail_cleanly
+def init(config_file: str, data_dir: str, force: bool) -> None:
+    """Write a commented config with a fresh admin token, a data directory and a dev certificate.
+
+    The config is the annotated reference (every key, its default and why) with the database,
+    the admin token and a self-signed TLS certificate of this installation filled in.
+
+    Example: mailnode init --config /etc/mailnode/mailnode.toml --data-dir /var/lib/mailnode
+    """
+    import tomllib
+
+    from mailnode.config import config_from_dict
+    from mailnode.init_config import initial_config, reference_config
+    from mailnode.smtp.tls import ensure_dev_certificate
+
+    path, data = Path(config_file), Path(data_dir).resolve()
+    if path.exists() and not force:
+        raise MailnodeError(f"{path} already exists; use --force to overwrite it (the admin token changes)")
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    reference = reference_config()
+    hostname = config_from_dict(tomllib.loads(reference)).smtp_hostname
+    cert, key = ensure_dev_certificate(data / "tls", hostname)
+    text = initial_config(
+        reference,
+        storage_url=f"sqlite+aiosqlite:///{data / 'mailnode.db'}",
+        admin_token=secrets.token_urlsafe(32),
+        cert_file=str(cert),
+        key_file=str(key),
+    )
+    config = config_from_dict(tomllib.loads(text))  # what serve will read must be valid
+    version = _migrate(config)[1]
+    _write_private(path, text)
+    click.echo(f"wrote {path} (mode 0600: it holds the admin token)")
+    click.echo(f"database: {data / 'mailnode.db'} (schema version {version})")
+    click.echo(f"TLS certificate: {cert} (self-signed, for development only)")
+    click.echo(f"next: mailnode serve --config {path}")
+
+
+def _migrate(config: Config) -> tuple[int | None, int]:
+    from mailnode.storage.engine import create_engine
+    from mailnode.storage.migrations import migrate as run_migrations
+
+    engine = create_engine(config.storage.url)
+    try:
+        return run_migrations(engine)
+    finally:
+        engine.dispose()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` with mode 0600 from the start, replacing any file atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+
+
 @cli.group()
 def key() -> None:
     """Create and list API keys (they authenticate the REST API)."""
