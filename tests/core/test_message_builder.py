@@ -17,6 +17,7 @@ from mailnode.core.message_builder import (
     SpecError,
     build_message,
     parse_spec,
+    transfer_encoding,
 )
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
@@ -348,3 +349,10 @@ def test_malformed_spec_names_the_path(value: Any, path: str) -> None:
         parse_spec(value)
     assert caught.value.path == path
     assert str(caught.value).startswith(f"{path}: ")
+
+
+def test_a_long_line_hidden_behind_a_form_feed_is_not_sent_as_7bit() -> None:
+    # str.splitlines() breaks at \f; the wire does not, so this is one 1201-octet line.
+    text = "a" * 600 + "\f" + "b" * 600
+    assert transfer_encoding(text) is None
+    assert transfer_encoding("a" * 600 + "\n" + "b" * 600) == "7bit"

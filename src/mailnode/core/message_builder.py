@@ -45,6 +45,7 @@ _BLOB_ID = r"[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,127}"
 _BLOB_ID_RE = re.compile(_BLOB_ID)
 _REUSE_URI = re.compile(f"/transactions/{_BLOB_ID}/blob/({_BLOB_ID})")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_WIRE_LINES = re.compile(r"\r\n|\r|\n")
 
 
 class SpecError(ValueError):
@@ -166,7 +167,9 @@ def set_boundaries(part: MIMEPart) -> None:
 
 def transfer_encoding(text: str) -> str | None:
     """Pick "7bit" for ASCII text with short lines, else None (the stdlib picks qp or base64)."""
-    if text.isascii() and all(len(line) <= MAX_LINE_OCTETS for line in text.splitlines()):
+    # Only CR and LF end a line on the wire (RFC 5322 §2.1.1); str.splitlines() would also
+    # break at \f, \v and \x1c-\x1e and so pass a line that is too long.
+    if text.isascii() and all(len(line) <= MAX_LINE_OCTETS for line in _WIRE_LINES.split(text)):
         return "7bit"
     return None
 
