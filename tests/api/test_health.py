@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.clock import OffsetClock as Clock
 from tests.support.mailnode import Mailnode, make_config, start_mailnode, stop_mailnode
 from tests.support.sink import HANG, Reply, Sink
 
 MESSAGE = "From: a@example.com\r\nDate: Mon, 23 Nov 2026 01:00:00 +0000\r\nSubject: s\r\n\r\nhi\r\n"
-
-
-class Clock:
-    """Real time plus an offset the test moves forward."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
 
 
 @pytest.fixture

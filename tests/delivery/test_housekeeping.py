@@ -6,13 +6,13 @@ instead of waiting for real TTLs to pass.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.clock import OffsetClock as Clock
 from tests.support.mailnode import Mailnode, deep_merge, make_config, start_mailnode, stop_mailnode
 from tests.support.sink import Reply, Sink
 
@@ -26,19 +26,6 @@ MESSAGE = (
 )
 TTL = 60.0
 LATER = "later@example.net"  # the sink defers this recipient forever
-
-
-class Clock:
-    """Real time plus an offset the test moves forward."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
 
 
 Start = Callable[..., Awaitable[Mailnode]]
