@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
-from html.parser import HTMLParser
+from html import unescape
 from types import TracebackType
 from urllib.parse import quote
 
@@ -231,18 +231,38 @@ _BLOCK_TAGS = frozenset(
 )
 # HTML's own white space (WHATWG "ASCII whitespace"); a no-break space is text.
 _HTML_SPACE = re.compile(r"[ \t\n\r\f]+")
+_BLANK_LINES = re.compile(r"\n{3,}")
+# Markup as the WHATWG tokenizer (HTML §13.2.5) reads it: a start or end tag (the name, then
+# attributes up to the first ">" outside a quoted value), a comment, or a declaration,
+# processing instruction or bogus comment up to ">". Markup still open at the end of the input
+# is dropped ("eof-in-tag"); a "<" that starts none of these is text. Every alternative ends
+# at ">" or at the end of the input, and possessive quantifiers never backtrack: linear time.
+_MARKUP = re.compile(
+    r"<(?:(/?)([a-zA-Z][^\t\n\r\f />\x00]*+)"
+    r"((?:[^>=]++|=[\t\n\r\f ]*+(?:\"[^\"]*+\"?|'[^']*+'?)?)*+)(>)?"
+    r"|!--(?:.*?-->|.*)"
+    r"|[!?/][^>]*+>?)",
+    re.DOTALL,
+)
+_ATTRIBUTE = re.compile(
+    r"([^\t\n\r\f />=][^\t\n\r\f />=]*)"
+    r"(?:[\t\n\r\f ]*=[\t\n\r\f ]*(\"[^\"]*\"?|'[^']*'?|[^\t\n\r\f >]*))?"
+)
+# Elements whose content is raw text up to their end tag: no tags inside (HTML §13.1.2).
+_RAW_TEXT_END = {
+    tag: re.compile(rf"</{tag}(?=[\t\n\r\f />]|\Z)", re.IGNORECASE) for tag in ("script", "style")
+}
 
 
-class _TextExtractor(HTMLParser):
+class _TextWriter:
     """Collects the text of an HTML body with line breaks where blocks end."""
 
     def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
         self.chunks: list[str] = []
         self._skipping = 0
         self._links: list[tuple[str, int]] = []
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+    def start(self, tag: str, attributes: str) -> None:
         if tag in _SKIPPED_TAGS:
             self._skipping += 1
         elif tag == "br":
@@ -252,13 +272,13 @@ class _TextExtractor(HTMLParser):
         elif tag in ("td", "th"):
             self.chunks.append(" ")
         elif tag == "img":
-            self.chunks.append(dict(attrs).get("alt") or "")
+            self.chunks.append(_attribute(attributes, "alt"))
         elif tag == "a":
-            self._links.append((dict(attrs).get("href") or "", len(self.chunks)))
+            self._links.append((_attribute(attributes, "href"), len(self.chunks)))
         elif tag in _BLOCK_TAGS:
             self.chunks.append("\n\n")
 
-    def handle_endtag(self, tag: str) -> None:
+    def end(self, tag: str) -> None:
         if tag in _SKIPPED_TAGS:
             self._skipping = max(0, self._skipping - 1)
         elif tag == "a" and self._links:
@@ -266,9 +286,9 @@ class _TextExtractor(HTMLParser):
         elif tag in _BLOCK_TAGS:
             self.chunks.append("\n\n")
 
-    def handle_data(self, data: str) -> None:
+    def data(self, data: str) -> None:
         if not self._skipping:
-            self.chunks.append(_HTML_SPACE.sub(" ", data))
+            self.chunks.append(_HTML_SPACE.sub(" ", unescape(data)))
 
     def _end_link(self, href: str, start: int) -> None:
         label = " ".join("".join(self.chunks[start:]).split())
@@ -277,11 +297,51 @@ class _TextExtractor(HTMLParser):
         self.chunks.append(f" ({href})" if label else href)
 
 
+def _attribute(attributes: str, name: str) -> str:
+    """The value of attribute name (the last one given), character references resolved; "" if absent."""
+    value = ""
+    for match in _ATTRIBUTE.finditer(attributes):
+        if match.group(1).lower() == name:
+            raw = match.group(2) or ""
+            if raw[:1] in ('"', "'"):
+                raw = raw[1:-1] if len(raw) > 1 and raw[-1] == raw[0] else raw[1:]
+            value = unescape(raw)
+    return value
+
+
+def _self_closing(attributes: str) -> bool:
+    """Does the tag end in "/>" (as <br/>, <img src="x" />), rather than a value like href=/a/?"""
+    if not attributes.endswith("/"):
+        return False
+    last = attributes.rsplit(None, 1)[-1]
+    _, equals, value = last.partition("=")
+    return not equals or value[:1] in ('"', "'")
+
+
 def html_to_text(html: str) -> str:
     """A readable text/plain alternative of an HTML body: blocks become lines, links "label (url)"."""
-    parser = _TextExtractor()
-    parser.feed(html)
-    parser.close()
-    lines = (" ".join(filter(None, line.split(" "))) for line in "".join(parser.chunks).split("\n"))
-    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
+    writer = _TextWriter()
+    position = 0
+    while (markup := _MARKUP.search(html, position)) is not None:
+        if markup.start() > position:
+            writer.data(html[position : markup.start()])
+        position = markup.end()
+        closing, name, attributes, closed = markup.groups()
+        if name is None or closed is None:
+            continue  # a comment or declaration, or a tag the input ends in
+        tag = name.lower()
+        if closing:
+            writer.end(tag)
+            continue
+        writer.start(tag, attributes)
+        if _self_closing(attributes):
+            writer.end(tag)
+        elif tag in _RAW_TEXT_END:
+            # Never text (script and style are skipped): go on at the end tag.
+            raw_end = _RAW_TEXT_END[tag].search(html, position)
+            position = len(html) if raw_end is None else raw_end.start()
+    if position < len(html):
+        writer.data(html[position:])
+    lines = (" ".join(filter(None, line.split(" "))) for line in "".join(writer.chunks).split("\n"))
+    text = _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip("\n")
     return text + "\n" if text else ""
