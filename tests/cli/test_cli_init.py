@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
 import stat
-import sys
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -16,29 +12,11 @@ import pytest
 
 from mailnode.config import load_config
 from mailnode.init_config import reference_config, set_values
-from tests.support.process import start_serve
+from tests.support.process import run_cli, start_serve
 
 pytestmark = pytest.mark.slow
 
 REFERENCE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "mailnode.toml"
-
-
-@dataclass
-class Result:
-    code: int
-    stdout: str
-    stderr: str
-
-
-async def mailnode(*args: str, cwd: Path) -> Result:
-    env = {name: value for name, value in os.environ.items() if name != "MAILNODE_CONFIG"}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mailnode", *args, cwd=cwd, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return Result(process.returncode, stdout.decode(), stderr.decode())
 
 
 def admin_token(path: Path) -> str:
@@ -66,38 +44,38 @@ def test_set_values_fails_loudly_when_the_reference_lacks_a_key() -> None:
 
 
 async def test_init_writes_a_private_valid_config_database_and_certificate(tmp_path: Path) -> None:
-    result = await mailnode("init", cwd=tmp_path)
+    result = await run_cli("init", cwd=tmp_path)
     assert result.code == 0, result
     config_path = tmp_path / "mailnode.toml"
     assert_written(config_path, tmp_path / "mailnode-data")
     assert "next: mailnode serve --config mailnode.toml" in result.stdout
     # The comments of the reference come along: every key still says what it is for.
     assert "# On SIGTERM: how long open HTTP requests" in config_path.read_text()
-    checked = await mailnode("check-config", "mailnode.toml", cwd=tmp_path)
+    checked = await run_cli("check-config", "mailnode.toml", cwd=tmp_path)
     assert checked.code == 0, checked
 
 
 async def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     config_path = tmp_path / "etc" / "node.toml"
     args = ("init", "--config", str(config_path), "--data-dir", str(tmp_path / "data"))
-    assert (await mailnode(*args, cwd=tmp_path)).code == 0
+    assert (await run_cli(*args, cwd=tmp_path)).code == 0
     before = config_path.read_bytes()
 
-    again = await mailnode(*args, cwd=tmp_path)
+    again = await run_cli(*args, cwd=tmp_path)
     assert again.code == 1
     assert again.stdout == ""
     assert again.stderr.strip().count("\n") == 0
     assert str(config_path) in again.stderr and "--force" in again.stderr
     assert config_path.read_bytes() == before
 
-    forced = await mailnode(*args, "--force", cwd=tmp_path)
+    forced = await run_cli(*args, "--force", cwd=tmp_path)
     assert forced.code == 0, forced
     assert admin_token(config_path) != tomllib.loads(before.decode())["admin"]["token"]
     assert stat.S_IMODE(config_path.stat().st_mode) == 0o600
 
 
 async def test_the_written_config_serves_with_its_admin_token(tmp_path: Path) -> None:
-    assert (await mailnode("init", cwd=tmp_path)).code == 0
+    assert (await run_cli("init", cwd=tmp_path)).code == 0
     config_path = tmp_path / "mailnode.toml"
     # Only the listen addresses change: the test cannot own the fixed ports.
     text = re.sub(

@@ -5,38 +5,17 @@ from __future__ import annotations
 import asyncio
 import email
 import json
-import os
 import re
-import sys
-from dataclasses import dataclass
 from email import policy
 from pathlib import Path
 
 import pytest
 
-from tests.support.process import start_serve
+from tests.support.process import run_cli, start_serve
 
 pytestmark = pytest.mark.slow
 
 DELIVERY_ID = re.compile(r"^(\S+)  (\S+)$")
-
-
-@dataclass
-class Result:
-    code: int
-    stdout: str
-    stderr: str
-
-
-async def mailnode(*args: str, cwd: Path) -> Result:
-    env = {name: value for name, value in os.environ.items() if name != "MAILNODE_CONFIG"}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mailnode", *args, cwd=cwd, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return Result(process.returncode, stdout.decode(), stderr.decode())
 
 
 def serve_on_free_ports(config: Path) -> None:
@@ -47,7 +26,7 @@ def serve_on_free_ports(config: Path) -> None:
 @pytest.fixture
 async def node(tmp_path: Path) -> Path:
     """A directory with `mailnode init` done; its config listens on free ports."""
-    assert (await mailnode("init", cwd=tmp_path)).code == 0
+    assert (await run_cli("init", cwd=tmp_path)).code == 0
     serve_on_free_ports(tmp_path / "mailnode.toml")
     return tmp_path
 
@@ -56,7 +35,7 @@ async def captured(cwd: Path, count: int, timeout: float = 15.0) -> list[dict[st
     """The capture store's messages once it holds `count`, polled with a deadline."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        result = await mailnode(
+        result = await run_cli(
             "capture", "list", "--limit", "100", "--json", "--config", "mailnode.toml", cwd=cwd
         )
         assert result.code == 0, result
@@ -67,7 +46,7 @@ async def captured(cwd: Path, count: int, timeout: float = 15.0) -> list[dict[st
 
 
 async def message(cwd: Path, capture_id: object) -> email.message.EmailMessage:
-    result = await mailnode("capture", "show", str(capture_id), "--config", "mailnode.toml", cwd=cwd)
+    result = await run_cli("capture", "show", str(capture_id), "--config", "mailnode.toml", cwd=cwd)
     assert result.code == 0, result
     parsed = email.message_from_string(result.stdout, policy=policy.default)
     assert isinstance(parsed, email.message.EmailMessage)
@@ -75,7 +54,7 @@ async def message(cwd: Path, capture_id: object) -> email.message.EmailMessage:
 
 
 async def test_send_is_delivered_by_serve_to_the_capture_store(node: Path) -> None:
-    result = await mailnode(
+    result = await run_cli(
         "send", "--config", "mailnode.toml", "--from", "Alice <alice@example.com>",
         "--to", "bob@example.org", "--to", "carol@example.net",
         "--subject", "Quarterly report", "--text", "Numbers inside.\n", "--html", "<p>Numbers inside.</p>",
@@ -112,7 +91,7 @@ async def test_send_is_delivered_by_serve_to_the_capture_store(node: Path) -> No
 async def test_a_bad_address_is_one_line_naming_the_option(
     node: Path, args: tuple[str, ...], fragment: str
 ) -> None:
-    result = await mailnode(
+    result = await run_cli(
         "send", "--config", "mailnode.toml", *args, "--subject", "x", "--text", "y", cwd=node
     )
     assert result.code == 1
@@ -126,7 +105,7 @@ async def test_a_bad_address_is_one_line_naming_the_option(
 async def test_recipients_csv_renders_each_row_with_its_fields(node: Path) -> None:
     rows = ["email,name,plan"] + [f"user{i}@example.org,User {i},plan-{i}" for i in range(25)]
     (node / "people.csv").write_text("\n".join(rows) + "\n")
-    result = await mailnode(
+    result = await run_cli(
         "send", "--config", "mailnode.toml", "--from", "alice@example.com",
         "--recipients-csv", "people.csv", "--subject", "Hello {{ name }}", "--text", "Your plan: {{ plan }}",
         cwd=node,
@@ -149,7 +128,7 @@ async def test_recipients_csv_renders_each_row_with_its_fields(node: Path) -> No
 
 async def test_a_csv_without_a_field_the_template_uses_is_refused(node: Path) -> None:
     (node / "people.csv").write_text("email,name\nuser@example.org,User\n")
-    result = await mailnode(
+    result = await run_cli(
         "send", "--config", "mailnode.toml", "--from", "alice@example.com",
         "--recipients-csv", "people.csv", "--subject", "Hi", "--text", "{{ plan }}",
         cwd=node,

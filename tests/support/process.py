@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 _FIELD = re.compile(rb"^\s+([A-Za-z][A-Za-z _]*?):\s+(\S+)")
 
@@ -17,15 +19,22 @@ def write_config(path: Path, text: str) -> Path:
     return path
 
 
-async def run_cli(*args: str, timeout: float = 30.0) -> tuple[int, str, str]:
-    """Run `python -m mailnode ARGS`; returns (exit code, stdout, stderr)."""
+class CliResult(NamedTuple):
+    code: int
+    stdout: str
+    stderr: str
+
+
+async def run_cli(*args: str, cwd: Path | None = None, timeout: float = 60.0) -> CliResult:
+    """Run `python -m mailnode ARGS` (in `cwd`, never with the caller's $MAILNODE_CONFIG)."""
+    env = {name: value for name, value in os.environ.items() if name != "MAILNODE_CONFIG"}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mailnode", *args,
+        sys.executable, "-m", "mailnode", *args, cwd=cwd, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
     assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
+    return CliResult(process.returncode, stdout.decode(), stderr.decode())
 
 
 @dataclass
