@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -70,7 +71,7 @@ async def send(request: web.Request) -> web.Response:
     if idempotency_key is not None:
         fresh_after = ctx.store.clock() - ctx.config.platform.idempotency_ttl_seconds
         record = IdempotencyRecord(request_hash, status, answer, fresh_after=fresh_after)
-        batch = NewBatch(**{**_fields(batch), "idempotency_key": idempotency_key, "idempotency": record})
+        batch = dataclasses.replace(batch, idempotency_key=idempotency_key, idempotency=record)
     try:
         await ctx.batches.create_batch(batch)
     except IdempotencyConflict:
@@ -79,10 +80,6 @@ async def send(request: web.Request) -> web.Response:
             raise
         return replay
     return web.json_response(answer, status=status)
-
-
-def _fields(batch: NewBatch) -> dict[str, Any]:
-    return {name: getattr(batch, name) for name in NewBatch.__dataclass_fields__}
 
 
 def _idempotency_key(request: web.Request) -> str | None:
@@ -242,9 +239,9 @@ def _send_answer(public_id: str, accepted: int, rejected: list[dict[str, str]]) 
 async def _batch(request: web.Request) -> BatchRecord:
     """The batch in the URL, if the caller may see it (the operator, or its domain's key)."""
     who = principal(request)
-    if not who.admin and (who.key is None or who.key.domain is None):
-        raise unauthorized()
     domain = None if who.admin else who.key.domain if who.key else None
+    if not who.admin and domain is None:
+        raise unauthorized()
     batch_id = request.match_info["batch_id"]
     batch = await context(request).batches.get_batch(batch_id, domain)
     if batch is None:
