@@ -352,6 +352,29 @@ class PlatformConfig:
 class TrackingConfig:
     # Where open pixels and rewritten links point; empty: the HTTP listen address.
     base_url: str = ""
+    # How long a tracking or unsubscribe link in a sent message keeps working.
+    token_lifetime_days: float = field(default=365.0, metadata=_check(_positive))
+
+
+@dataclass(frozen=True, slots=True)
+class EventsConfig:
+    # Raw events older than this are deleted; the hourly counts are kept.
+    retention_days: float = field(default=90.0, metadata=_check(_positive))
+
+
+@dataclass(frozen=True, slots=True)
+class WebhooksConfig:
+    # Allow webhook URLs whose host is (or resolves to) a loopback, private or link-local
+    # address. Off by default: a sending domain's key must not reach the operator's network.
+    allow_private: bool = False
+    # How long one POST may take.
+    timeout_seconds: float = field(default=10.0, metadata=_check(_positive))
+    # An event is retried with backoff for this long, then given up.
+    retry_hours: float = field(default=24.0, metadata=_check(_positive))
+    # A webhook that has failed without a success for this long is disabled.
+    disable_after_days: float = field(default=3.0, metadata=_check(_positive))
+    # POSTs in flight at once, over all webhooks.
+    concurrency: int = field(default=8, metadata=_check(_at_least_one))
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +404,8 @@ class Config:
     admin: AdminConfig = AdminConfig()
     platform: PlatformConfig = PlatformConfig()
     tracking: TrackingConfig = TrackingConfig()
+    events: EventsConfig = EventsConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
 
     @property
     def smtp_hostname(self) -> str:

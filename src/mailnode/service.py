@@ -20,9 +20,11 @@ from sqlalchemy.engine import make_url
 
 from mailnode.api.app import create_app
 from mailnode.api.context import AppContext
+from mailnode.bus import Bus
 from mailnode.config import Config
 from mailnode.errors import MailnodeError
 from mailnode.platform.domain_keys import DomainKeys
+from mailnode.platform.event_outbox import OutboxWorker
 from mailnode.platform.renderer import BatchRenderer
 from mailnode.router.endpoints import build_endpoint, endpoint_from_spec
 from mailnode.router.exploder import Exploder
@@ -35,6 +37,7 @@ from mailnode.smtp.server import SmtpListeners
 from mailnode.smtp.tls import ensure_dev_certificate, server_tls_context
 from mailnode.storage.batches import VERP_KEYS, BatchStore
 from mailnode.storage.domains import DomainStore
+from mailnode.storage.events import EventHook, EventStore
 from mailnode.storage.store import Clock, Store
 from mailnode.tasks import TaskSet
 
@@ -67,6 +70,7 @@ class Service:
         self._runner: web.AppRunner | None = None
         self._tasks = TaskSet("service")
         self._router: Router | None = None
+        self.bus = Bus()
 
     @property
     def base_url(self) -> str:
@@ -91,6 +95,10 @@ class Service:
         )
         self.store = store
         self.domains = DomainStore(store)
+        self.events = EventStore(store)
+        store.add_transition_hook(EventHook(store))
+        self.outbox = OutboxWorker(self.events, self.bus)
+        store.on_events(self.outbox.wake)
         await store.register_session(self.session_id)
         versions = VersionCache(poll_interval=config.delivery.poll_interval_seconds)
         store.subscribe(versions)
@@ -106,6 +114,7 @@ class Service:
         self.exploder = Exploder(config, store, self.output, self.session_id, checker)
         self._tasks.spawn(self.output.run(), "output-handler")
         self._tasks.spawn(self._housekeeping(store), "housekeeping")
+        self._tasks.spawn(self.outbox.run(), "events-outbox")
         self.smtp = await SmtpListeners.start(
             config, exploder=self.exploder, store=store, tls_context=self._tls_context(), clock=self.clock
         )
@@ -120,6 +129,8 @@ class Service:
                 admin_token=config.admin_token(),
                 random_bytes=self.random_bytes,
                 verp_keys=await batches.signing_keyring(VERP_KEYS, lambda: self.random_bytes(32)),
+                events=self.events,
+                bus=self.bus,
             )
         )
         log.info("mailnode started session=%s http=%s", self.session_id, self.base_url)
@@ -206,6 +217,8 @@ class Service:
                     removed = await store.collect_garbage(now - storage.gc_ttl_seconds)
                     ttl = self.config.platform.idempotency_ttl_seconds
                     await BatchStore(store).forget_idempotency_keys(now - ttl)
+                    retention = self.config.events.retention_days * 86400
+                    removed += await self.events.prune(now - retention)
                 if expired or removed:
                     log.info("housekeeping expired=%d removed=%d", expired, removed)
             except Exception:

@@ -7,7 +7,7 @@ import time
 
 from aiohttp import web
 
-from mailnode.api import capture, openapi, transactions, v1_domains, v1_send
+from mailnode.api import capture, openapi, transactions, v1_domains, v1_feedback, v1_send
 from mailnode.api.auth import PRINCIPAL, authenticate, require_key, unauthorized
 from mailnode.api.context import CONTEXT, AppContext, context
 from mailnode.api.errors import Handler, error_middleware
@@ -73,5 +73,6 @@ def create_app(ctx: AppContext) -> web.Application:
     capture.add_routes(app.router)
     v1_send.add_routes(app.router)
     v1_domains.add_routes(app.router)
+    v1_feedback.add_routes(app.router)
     openapi.add_routes(app.router)
     return app

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from mailnode.bus import Bus
 from mailnode.config import Config
 from mailnode.router.version_cache import VersionCache
 from mailnode.storage.batches import BatchStore, SigningKeyring
 from mailnode.storage.domains import DomainStore
+from mailnode.storage.events import EventStore
 from mailnode.storage.store import Store
 
 
@@ -26,6 +28,8 @@ class AppContext:
     verp_keys: SigningKeyring
     # Randomness is injected (tests pass a seeded source); os.urandom in production.
     random_bytes: Callable[[int], bytes]
+    events: EventStore
+    bus: Bus
 
 
 CONTEXT = web.AppKey("context", AppContext)

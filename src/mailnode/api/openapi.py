@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from mailnode import __version__
+from mailnode.core.events import EventType, SuppressionReason
 
 Schema = dict[str, Any]
 
@@ -39,10 +40,23 @@ def document() -> Schema:
             "version": __version__,
             "description": _DESCRIPTION,
         },
-        "paths": {**_domain_paths(), **_key_paths(), **_template_paths(), **_send_paths(), **_doc_paths()},
+        "paths": {
+            **_domain_paths(),
+            **_key_paths(),
+            **_template_paths(),
+            **_send_paths(),
+            **_feedback_paths(),
+            **_doc_paths(),
+        },
         "components": {
             "securitySchemes": _SECURITY_SCHEMES,
-            "schemas": {**_common_schemas(), **_domain_schemas(), **_template_schemas(), **_send_schemas()},
+            "schemas": {
+                **_common_schemas(),
+                **_domain_schemas(),
+                **_template_schemas(),
+                **_send_schemas(),
+                **_feedback_schemas(),
+            },
             "parameters": _PARAMETERS,
             "responses": _RESPONSES,
         },
@@ -370,6 +384,93 @@ def _send_paths() -> dict[str, Schema]:
     }
 
 
+def _feedback_paths() -> dict[str, Schema]:
+    domain = ("Domain",)
+    one = ("Domain", "Address")
+    return {
+        "/v1/domains/{domain}/suppressions": {
+            "get": _op(
+                "listSuppressions",
+                "A page of the addresses the domain does not send to, oldest first",
+                _ADMIN_OR_KEY,
+                {"200": _json(_ref("SuppressionPage"), "Suppressions")},
+                parameters=(*domain, "Reason", "PageLimit", "Cursor"),
+                errors=("400",),
+            ),
+            "post": _op(
+                "addSuppression",
+                "Stop sending to an address (201; 200 if it already was)",
+                _ADMIN_OR_KEY,
+                {
+                    "201": _json(_ref("Suppression"), "Suppressed"),
+                    "200": _json(_ref("Suppression"), "Was suppressed already"),
+                },
+                parameters=domain,
+                body=_body(_ref("SuppressionCreate")),
+                errors=("400",),
+            ),
+        },
+        "/v1/domains/{domain}/suppressions/{address}": {
+            "get": _op(
+                "getSuppression",
+                "Whether one address is suppressed",
+                _ADMIN_OR_KEY,
+                {"200": _json(_ref("Suppression"), "It is")},
+                parameters=one,
+                errors=("400", "404"),
+            ),
+            "delete": _op(
+                "removeSuppression",
+                "Send to the address again",
+                _ADMIN_OR_KEY,
+                _NO_CONTENT,
+                parameters=one,
+                errors=("400", "404"),
+            ),
+        },
+        "/v1/domains/{domain}/stats": {
+            "get": _op(
+                "getStats",
+                "Counts per event type and hour or day in [from, to): one dense series per type",
+                _ADMIN_OR_KEY,
+                {"200": _json(_ref("Stats"), "The series")},
+                parameters=(*domain, "From", "To", "Granularity"),
+                errors=("400",),
+            ),
+        },
+        "/v1/domains/{domain}/events": {
+            "get": _op(
+                "listEvents",
+                "A page of raw events, oldest first (kept [events] retention_days)",
+                _ADMIN_OR_KEY,
+                {"200": _json(_ref("EventPage"), "Events")},
+                parameters=(
+                    *domain,
+                    "EventTypes",
+                    "Recipient",
+                    "Batch",
+                    "Delivery",
+                    "From",
+                    "To",
+                    "PageLimit",
+                    "Cursor",
+                ),
+                errors=("400",),
+            ),
+        },
+        "/v1/deliveries/{delivery_id}": {
+            "get": _op(
+                "getDelivery",
+                "One delivery: its status, every attempt's answers, its events",
+                _ADMIN_OR_KEY,
+                {"200": _json(_ref("DeliveryStory"), "The delivery")},
+                parameters=("DeliveryId",),
+                errors=("404",),
+            ),
+        },
+    }
+
+
 def _doc_paths() -> dict[str, Schema]:
     document = {"type": "object", "description": "An OpenAPI 3.1 document"}
     return {
@@ -415,6 +516,19 @@ def _query(name: str, description: str, default: int, low: int, high: int) -> Sc
     return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
 
 
+def _query_text(name: str, description: str, **schema: Any) -> Schema:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string", **schema},
+    }
+
+
+_EVENT_TYPES = [kind.value for kind in EventType]
+_TIME_QUERY = "RFC 3339 with a zone, or Unix seconds"
+
 _PARAMETERS = {
     "Domain": _path("domain", "A domain name; canonicalised (Example.COM and IDNs work)"),
     "Selector": _path("selector", "A DKIM selector of the domain"),
@@ -425,6 +539,16 @@ _PARAMETERS = {
     "Offset": _query("offset", "Items to skip", 0, 0, 2**31),
     "PageLimit": _query("limit", "Items per page", 100, 1, 1000),
     "Cursor": _query("cursor", "next_cursor of the previous page", 0, 0, 2**62),
+    "Address": _path("address", "An email address (compared lower-cased)"),
+    "DeliveryId": _path("delivery_id", "A delivery's id, as batches and events name it"),
+    "Reason": _query_text("reason", "Only this reason", enum=[reason.value for reason in SuppressionReason]),
+    "From": _query_text("from", f"Start (inclusive); {_TIME_QUERY}"),
+    "To": _query_text("to", f"End (exclusive); {_TIME_QUERY}; default now"),
+    "Granularity": _query_text("granularity", "Bucket size", enum=["hour", "day"], default="hour"),
+    "EventTypes": _query_text("type", f"Only these types, comma-separated: {', '.join(_EVENT_TYPES)}"),
+    "Recipient": _query_text("recipient", "Only this recipient (case-insensitive)"),
+    "Batch": _query_text("batch", "Only this batch (bat_…)"),
+    "Delivery": _query_text("delivery", "Only this delivery"),
     "IdempotencyKey": {
         "name": "Idempotency-Key",
         "in": "header",
@@ -448,6 +572,114 @@ _RESPONSES = {
     "Conflict": _error_response("Contradicts what is stored (exists already, last key, idempotency)"),
     "TooLarge": _error_response("Over a limit: recipients per send or content size"),
 }
+
+
+def _feedback_schemas() -> dict[str, Schema]:
+    integer = {"type": "integer"}
+    next_cursor = _nullable(_string("Give back as cursor for the next page; null: no more"))
+    suppression = _object(
+        {
+            "address": _string(),
+            "reason": {"type": "string", "enum": [reason.value for reason in SuppressionReason]},
+            "details": {"type": "object", "description": "What caused it: the event, SMTP code and text"},
+            "created_at": _TIME,
+        },
+        ("address", "reason", "details", "created_at"),
+    )
+    event = _object(
+        {
+            "id": integer,
+            "type": {"type": "string", "enum": _EVENT_TYPES},
+            "occurred_at": _TIME,
+            "domain": _string(),
+            "batch_id": _nullable(_string()),
+            "delivery_id": _nullable(_string()),
+            "recipient": _nullable(_string("The address, a pseudonym, or null (tracking mode)")),
+            "data": {"type": "object", "description": "code, text, url, user_agent, ip, unique, machine…"},
+        },
+        ("id", "type", "occurred_at", "domain", "batch_id", "delivery_id", "recipient", "data"),
+    )
+    bucket = _object(
+        {"t": _TIME, "count": integer, "unique": integer, "machine": integer},
+        ("t", "count", "unique", "machine"),
+    )
+    answer = _nullable(_object({"code": integer, "message": _string()}, ("code", "message")))
+    attempt = _object(
+        {
+            "number": integer,
+            "started_at": _TIME,
+            "finished_at": _TIME_OR_NULL,
+            "remote_host": _nullable(_string()),
+            "answers": _object({"mail": answer, "rcpt": answer, "data": answer}, ("mail", "rcpt", "data")),
+            "outcome": _nullable(
+                _object(
+                    {"stage": _string(), "code": integer, "message": _string()}, ("stage", "code", "message")
+                )
+            ),
+        },
+        ("number", "started_at", "finished_at", "remote_host", "answers", "outcome"),
+    )
+    return {
+        "Suppression": suppression,
+        "SuppressionCreate": _object(
+            {
+                "address": _string(),
+                "reason": {"type": "string", "enum": [reason.value for reason in SuppressionReason]},
+            },
+            ("address",),
+        ),
+        "SuppressionPage": _object(
+            {"items": {"type": "array", "items": _ref("Suppression")}, "next_cursor": next_cursor},
+            ("items", "next_cursor"),
+        ),
+        "Event": event,
+        "EventPage": _object(
+            {"items": {"type": "array", "items": _ref("Event")}, "next_cursor": next_cursor},
+            ("items", "next_cursor"),
+        ),
+        "Stats": _object(
+            {
+                "domain": _string(),
+                "granularity": {"type": "string", "enum": ["hour", "day"]},
+                "from": _TIME,
+                "to": _TIME,
+                "series": {
+                    "type": "object",
+                    "description": "Per event type, one bucket per hour or day, zeros included",
+                    "additionalProperties": {"type": "array", "items": bucket},
+                },
+            },
+            ("domain", "granularity", "from", "to", "series"),
+        ),
+        "DeliveryStory": _object(
+            {
+                "id": _string(),
+                "domain": _nullable(_string()),
+                "mail_from": _string(),
+                "rcpt_to": _string(),
+                "status": _string(),
+                "final_reason": _nullable(_string()),
+                "created_at": _TIME,
+                "updated_at": _TIME,
+                "next_attempt_at": _TIME_OR_NULL,
+                "attempts": {"type": "array", "items": attempt},
+                "events": {"type": "array", "items": _ref("Event")},
+            },
+            (
+                "id",
+                "domain",
+                "mail_from",
+                "rcpt_to",
+                "status",
+                "final_reason",
+                "created_at",
+                "updated_at",
+                "next_attempt_at",
+                "attempts",
+                "events",
+            ),
+        ),
+    }
 
 
 def _common_schemas() -> dict[str, Schema]:

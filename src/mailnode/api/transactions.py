@@ -47,6 +47,7 @@ async def create_transaction(request: web.Request) -> web.Response:
     profile = ctx.config.sender(sender)
     if profile is None:
         raise ApiError(404, "unknown_sender", f"no sender profile {sender!r}; see [senders] in the config")
+    key = require_key(request)
     body = await _json_object(request)
     mail_from, rcpt_to = _envelope(body)
     blobs, spec = _body_sources(body.get("body"), ctx.config.delivery.max_message_bytes)
@@ -60,7 +61,8 @@ async def create_transaction(request: web.Request) -> web.Response:
         blobs=blobs,
         message_builder=spec,
         client_address=request.remote,
-        api_key_id=require_key(request).id,
+        api_key_id=key.id,
+        domain=key.domain,
     )
     try:
         record = await ctx.store.create_transaction(new)

@@ -187,7 +187,7 @@ async def deactivate_key(request: web.Request) -> web.Response:
 
 async def create_template(request: web.Request) -> web.Response:
     ctx = context(request)
-    name = _template_domain(request)
+    name = scoped_domain(request)
     body = await json_object(request, _TEMPLATE_FIELDS)
     fields = _template_fields(body)
     if "name" not in fields or "subject" not in fields:
@@ -209,7 +209,7 @@ async def create_template(request: web.Request) -> web.Response:
 
 async def list_templates(request: web.Request) -> web.Response:
     """A page of the domain's templates, oldest first, with the total count."""
-    name = _template_domain(request)
+    name = scoped_domain(request)
     limit = int_query(request, "limit", default=DEFAULT_PAGE, low=1, high=MAX_PAGE)
     offset = int_query(request, "offset", default=0, low=0, high=2**31)
     items, total = await context(request).domains.list_templates(name, limit=limit, offset=offset)
@@ -218,7 +218,7 @@ async def list_templates(request: web.Request) -> web.Response:
 
 
 async def get_template(request: web.Request) -> web.Response:
-    name = _template_domain(request)
+    name = scoped_domain(request)
     template_id = request.match_info["template_id"]
     record = await context(request).domains.get_template(name, template_id)
     if record is None:
@@ -229,7 +229,7 @@ async def get_template(request: web.Request) -> web.Response:
 
 async def update_template(request: web.Request) -> web.Response:
     """Change the fields given; null removes html or text (one of them must remain)."""
-    name = _template_domain(request)
+    name = scoped_domain(request)
     body = await json_object(request, _TEMPLATE_FIELDS, nullable=_TEMPLATE_BODIES)
     if not body:
         raise bad_request("body", f"nothing to change; give any of {', '.join(sorted(_TEMPLATE_FIELDS))}")
@@ -248,7 +248,7 @@ async def update_template(request: web.Request) -> web.Response:
 
 
 async def delete_template(request: web.Request) -> web.Response:
-    name = _template_domain(request)
+    name = scoped_domain(request)
     await context(request).domains.delete_template(name, request.match_info["template_id"])
     return web.Response(status=204)
 
@@ -291,8 +291,8 @@ def _path_domain(request: web.Request) -> str:
         raise NotFoundError(f"no domain {raw!r}: {exc}") from None
 
 
-def _template_domain(request: web.Request) -> str:
-    """The path's domain for template routes: the operator's, or the caller key's own."""
+def scoped_domain(request: web.Request) -> str:
+    """The path's domain for per-domain routes: the operator's, or the caller key's own."""
     try:
         name = _path_domain(request)
     except NotFoundError:

@@ -19,6 +19,7 @@ from mailnode.core.address import sender_domain_allowed
 from mailnode.core.outcome import AttemptResult
 from mailnode.core.send_request import (
     BatchContent,
+    Rejection,
     SendError,
     SendRequest,
     content_bytes,
@@ -161,6 +162,13 @@ async def _new_batch(ctx: AppContext, key: ApiKeyRecord, send_request: SendReque
         _unsubscribe_fields(content),
         global_fields=content.global_fields.keys(),
     )
+    suppressed = await ctx.events.suppressed(key.domain, [r.email for r in accepted])
+    if suppressed:
+        rejected = [
+            *rejected,
+            *(Rejection(r.email, "suppressed") for r in accepted if r.email.lower() in suppressed),
+        ]
+        accepted = [r for r in accepted if r.email.lower() not in suppressed]
     return NewBatch(
         public_id="bat_" + _token(ctx, 15),
         domain=key.domain,

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import datetime
 import json
-from typing import Any
+import math
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from mailnode.api.errors import ApiError, bad_request
+
+T = TypeVar("T")
 
 
 async def json_object(
@@ -75,6 +78,20 @@ def _timestamp(value: Any, name: str) -> float:
         if parsed is not None and parsed.tzinfo is not None:
             return parsed.timestamp()
     raise bad_request(name, 'must be an RFC 3339 time with a zone ("2027-01-31T00:00:00Z") or Unix seconds')
+
+
+def timestamp_query(request: web.Request, name: str, *, default: T) -> float | T:
+    """A time query parameter: RFC 3339 with a zone, or Unix seconds; `default` when absent."""
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        return _timestamp(text, name)
+    if not math.isfinite(value):
+        raise bad_request(name, "must be a finite number of Unix seconds or an RFC 3339 time")
+    return value
 
 
 def int_query(request: web.Request, name: str, *, default: int, low: int, high: int) -> int:

@@ -54,6 +54,8 @@ class NewTransaction:
     client_helo: str | None = None
     api_key_id: int | None = None
     parent_id: int | None = None
+    # The sending domain whose events and suppressions the delivery counts in (see tables.py).
+    domain: str | None = None
     # The SMTP exploder creates deliveries at RCPT and attaches one shared body at the end of
     # DATA (Store.attach_body); until then they wait with no blob at all.
     body_later: bool = False
@@ -110,6 +112,7 @@ class TransactionRecord:
     # A /v1 send's delivery: its batch (which holds the content) and the recipient's fields.
     batch_id: int | None = None
     recipient: dict[str, Any] | None = None
+    domain: str | None = None
 
     @property
     def input_done(self) -> bool:

@@ -43,6 +43,7 @@ class SmtpClient:
     helo: str | None
     tls: bool
     api_key_id: int | None = None
+    domain: str | None = None  # the authenticated key's sending domain
     esmtp: bool = True  # EHLO rather than HELO
 
     def protocol(self) -> str:
@@ -157,6 +158,7 @@ class DownstreamTransaction:
             client_address=self._client.address,
             client_helo=self._client.helo,
             api_key_id=self._client.api_key_id,
+            domain=self._client.domain,
         )
         try:
             record = await self._x._store.create_transaction(

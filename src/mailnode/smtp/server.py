@@ -34,6 +34,7 @@ from mailnode.router.exploder import DownstreamTransaction, Exploder, SmtpClient
 from mailnode.router.routes import match_route
 from mailnode.smtp.auth import AuthThrottle, ThrottleSettings, authenticate
 from mailnode.smtp.peer import CHECK_UNAVAILABLE, FCRDNS_FAILED, HELO_FAILED, DnsUnavailable, PeerChecker
+from mailnode.storage.events import EventStore
 from mailnode.storage.store import ApiKeyRecord, Store
 from mailnode.tasks import TaskSet
 
@@ -123,6 +124,7 @@ class SmtpListeners:
         self.config = config
         self.exploder = exploder
         self.store = store
+        self.events = EventStore(store)
         self.clock = clock
         self.sleep = sleep
         self.throttle = AuthThrottle(throttle, clock)
@@ -300,12 +302,13 @@ class _Session(SMTP):
 
     def client(self) -> SmtpClient:
         assert self.session is not None
-        key_id = self.api_key.id if self.api_key is not None else None
+        key = self.api_key
         return SmtpClient(
             address=self.peer_ip,
             helo=self.session.host_name,
             tls=self.tls,
-            api_key_id=key_id,
+            api_key_id=key.id if key is not None else None,
+            domain=key.domain if key is not None else None,
             esmtp=self.session.extended_smtp,
         )
 
@@ -546,6 +549,19 @@ class _Handler:
         if listener.mode is Mode.INGRESS and not _routed(listener, recipient.domain_ascii):
             return _Reply(RELAYING_DENIED)
         server.rcpt_attempts += 1
+        key = server.api_key
+        if key is not None and key.domain is not None:
+            try:
+                with server.busy():
+                    suppressed = await listener.owner.events.suppressed(key.domain, [str(recipient)])
+            except MailnodeError:
+                log.exception("smtp session=%s checking the suppression list failed", server.name)
+                return _Reply(INTERNAL_ERROR)
+            if suppressed:
+                return _Reply(
+                    f"550 5.1.1 <{recipient}> is on the suppression list of {key.domain} "
+                    "(an earlier hard bounce, complaint or unsubscribe); remove it there to send again"
+                )
         with server.busy():
             response = await transaction.add_recipient(str(recipient))
         if response.ok:

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Integer, Table, bindparam, delete, func, select, update
 
+from mailnode.core.events import EventType
 from mailnode.core.outcome import FinalReason, Status
 from mailnode.core.transaction import TransactionRecord
 from mailnode.errors import ConflictError
@@ -17,6 +18,7 @@ from mailnode.storage.tables import (
     batches,
     blob_chunks,
     blobs,
+    events,
     idempotency_keys,
     signing_keys,
     transactions,
@@ -111,7 +113,7 @@ class BatchStore:
         due = now if batch.scheduled_at is None else max(now, batch.scheduled_at)
         batch_id = await self._store.write(
             lambda conn: _insert_batch(conn, batch, now, due),
-            on_commit=lambda _: self._store.notify((), queued=bool(batch.deliveries)),
+            on_commit=lambda _: self._committed(batch),
         )
         return BatchRecord(
             batch_id,
@@ -126,6 +128,10 @@ class BatchStore:
             None,
             {Status.QUEUED.value: len(batch.deliveries)} if batch.deliveries else {},
         )
+
+    def _committed(self, batch: NewBatch) -> None:
+        self._store.notify((), queued=bool(batch.deliveries))
+        self._store.events_written()
 
     async def find_idempotent(self, api_key_id: int, key: str, newer_than: float) -> IdempotencyRecord | None:
         """The stored answer for (key id, Idempotency-Key) if it is recent enough."""
@@ -266,7 +272,35 @@ def _insert_batch(conn: Connection, batch: NewBatch, now: float, due: float) -> 
             for d in batch.deliveries
         ]
         bulk_insert(conn, transactions, rows)
+    _insert_intake_events(conn, batch, now)
     return batch_id
+
+
+def _insert_intake_events(conn: Connection, batch: NewBatch, now: float) -> None:
+    """An `accepted` event per delivery and a `rejected` one per refused recipient (the outbox)."""
+    shared = {"occurred_at": now, "domain": batch.domain, "batch": batch.public_id, "processed": False}
+    rows = [
+        {
+            **shared,
+            "type": EventType.ACCEPTED.value,
+            "delivery": d.rest_id,
+            "recipient": d.rcpt_to,
+            "data": "{}",
+        }
+        for d in batch.deliveries
+    ]
+    rows.extend(
+        {
+            **shared,
+            "type": EventType.REJECTED.value,
+            "delivery": None,
+            "recipient": r["email"],
+            "data": json.dumps({"reason": r["reason"]}),
+        }
+        for r in batch.rejected
+    )
+    if rows:
+        bulk_insert(conn, events, rows)
 
 
 def _shared_delivery_values(batch: NewBatch, batch_id: int, now: float, due: float) -> dict[str, Any]:
@@ -285,6 +319,7 @@ def _shared_delivery_values(batch: NewBatch, batch_id: int, now: float, due: flo
         "protocol": "HTTP",
         "api_key_id": batch.api_key_id,
         "batch_id": batch_id,
+        "domain": batch.domain,
     }
 
 

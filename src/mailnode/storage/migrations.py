@@ -53,9 +53,38 @@ def _v2_sending_platform(connection: Connection) -> None:
     _create_index(connection, batch_index)
 
 
+def _v3_feedback_loop(connection: Connection) -> None:
+    new_tables = [
+        tables.events,
+        tables.stats_hourly,
+        tables.suppressions,
+        tables.webhooks,
+        tables.webhook_deliveries,
+    ]
+    metadata.create_all(connection, tables=new_tables)
+    _add_column(connection, tables.transactions.c.domain)
+    # A database that was at version 1 got the domains table from tables.py as it is now.
+    existing = {column["name"] for column in inspect(connection).get_columns("domains")}
+    for column in (tables.domains.c.tracking_opens, tables.domains.c.tracking_links):
+        if column.name in existing:
+            continue
+        connection.execute(
+            text(f"ALTER TABLE domains ADD COLUMN {column.name} VARCHAR(16) NOT NULL DEFAULT 'identified'")
+        )
+    # Deliveries already queued by a batch count in their batch's domain.
+    connection.execute(
+        text(
+            "UPDATE transactions SET domain = "
+            "(SELECT domain FROM batches WHERE batches.id = transactions.batch_id) "
+            "WHERE batch_id IS NOT NULL"
+        )
+    )
+
+
 # version -> (description, upgrade step). Version 1 is the initial schema (created whole).
 MIGRATIONS: dict[int, tuple[str, Callable[[Connection], None]]] = {
     2: ("sending platform: domains, DKIM keys, templates, batches, idempotency", _v2_sending_platform),
+    3: ("feedback loop: events, stats, suppressions, webhooks, tracking policy", _v3_feedback_loop),
 }
 
 

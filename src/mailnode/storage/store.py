@@ -79,6 +79,20 @@ class StoreListener(Protocol):
     def queued(self) -> None: ...
 
 
+class TransitionHook(Protocol):
+    """Writes more rows in the same database transaction as a delivery's state change.
+
+    Called on the writer thread, inside the write: what it writes commits (or rolls back)
+    together with the change. The feedback loop's events and suppressions are written so.
+    """
+
+    def created(self, conn: Connection, record: TransactionRecord) -> None: ...
+
+    def attempted(
+        self, conn: Connection, record: TransactionRecord, result: AttemptResult, decision: Decision
+    ) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ApiKeyRecord:
     id: int
@@ -121,6 +135,8 @@ class Store:
         self.clock = clock
         self._new_id = new_id
         self._listeners: list[StoreListener] = []
+        self._hooks: list[TransitionHook] = []
+        self._event_listeners: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
         self._writer = DatabaseThreads(engine, threads=1, write=True, name="mailnode-db-writer")
         self._readers = (
             DatabaseThreads(engine, threads=READER_THREADS, write=False, name="mailnode-db-reader")
@@ -157,6 +173,19 @@ class Store:
 
     def subscribe(self, listener: StoreListener) -> None:
         self._listeners.append(listener)
+
+    def on_events(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (on the running loop) whenever events were written (events_written)."""
+        self._event_listeners.append((asyncio.get_running_loop(), listener))
+
+    def events_written(self) -> None:
+        """Wake the event listeners; callable from any thread, a database thread included."""
+        for loop, listener in self._event_listeners:
+            loop.call_soon_threadsafe(listener)
+
+    def add_transition_hook(self, hook: TransitionHook) -> None:
+        """Have `hook` write beside every delivery created and every attempt finished."""
+        self._hooks.append(hook)
 
     async def write(
         self, work: Callable[[Connection], T], *, on_commit: Callable[[T], None] | None = None
@@ -269,6 +298,7 @@ class Store:
                 protocol=new.protocol,
                 api_key_id=new.api_key_id,
                 parent_id=new.parent_id,
+                domain=new.domain,
             ),
         )
         tx_id = _inserted_id(result)
@@ -282,7 +312,7 @@ class Store:
                 [{"transaction_id": tx_id, "name": s.name, "blob_id": blob_id} for blob_id, s in refs],
             )
         # Built from the values just written rather than read back: it equals what a read returns.
-        return TransactionRecord(
+        record = TransactionRecord(
             id=tx_id,
             rest_id=rest_id,
             sender=new.sender,
@@ -305,7 +335,11 @@ class Store:
             message_builder=_as_stored(new.message_builder),
             blobs=_sorted_blobs(s for _, s in refs),
             latest_attempt=latest,
+            domain=new.domain,
         )
+        for hook in self._hooks:
+            hook.created(conn, record)
+        return record
 
     @staticmethod
     def _blob_for(
@@ -561,6 +595,11 @@ class Store:
             )
         )
 
+    async def attempts(self, tx_id: int) -> list[AttemptRecord]:
+        """Every attempt of a delivery, oldest first."""
+        query = select(attempts).where(attempts.c.transaction_id == tx_id).order_by(attempts.c.number)
+        return await self._readers.run(lambda conn: [_attempt(row) for row in conn.execute(query)])
+
     async def read_blobs(self, tx_id: int) -> dict[str, bytes]:
         """Every blob of a transaction, by name, as bytes."""
         return await self._readers.run(lambda conn: _read_blobs(conn, tx_id))
@@ -638,6 +677,9 @@ class Store:
             )
         conn.execute(_UPDATE_TRANSACTION, values)
         changed = [replace(current, **changes)]
+        if not current.status.final:
+            for hook in self._hooks:
+                hook.attempted(conn, changed[0], result, decision)
         if dsn is not None:
             changed.append(self._insert_transaction(conn, dsn, now))
         return changed
@@ -978,6 +1020,18 @@ def _latest_attempt(row: Row[Any]) -> AttemptRecord | None:
     )
 
 
+def _attempt(row: Row[Any]) -> AttemptRecord:
+    return AttemptRecord(
+        number=row.number,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        mail=_response(row.mail_code, row.mail_message),
+        rcpt=_response(row.rcpt_code, row.rcpt_message),
+        data=_response(row.data_code, row.data_message),
+        remote_host=row.remote_host,
+    )
+
+
 def _record(
     row: Row[Any], blob_status: tuple[BlobStatus, ...], latest: AttemptRecord | None
 ) -> TransactionRecord:
@@ -1006,6 +1060,7 @@ def _record(
         latest_attempt=latest,
         batch_id=row.batch_id,
         recipient=row.recipient,
+        domain=row.domain,
     )
 
 

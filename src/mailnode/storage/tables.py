@@ -21,7 +21,7 @@ from sqlalchemy import (
 metadata = MetaData()
 
 # Bumped by every migration; a fresh database is created at this version directly.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 schema_migrations = Table(
     "schema_migrations",
@@ -90,6 +90,9 @@ transactions = Table(
     # ({"name": ..., "fields": {...}}); the message is rendered when it is attempted.
     Column("batch_id", Integer, ForeignKey("batches.id", ondelete="SET NULL")),
     Column("recipient", JSON),
+    # The sending domain whose events, stats and suppressions this delivery counts in: a /v1
+    # batch's domain, or the domain of the API key that submitted it. NULL: none (no events).
+    Column("domain", String(253)),
 )
 Index("ix_transactions_due", transactions.c.status, transactions.c.next_attempt_at)
 Index("ix_transactions_batch", transactions.c.batch_id, transactions.c.status)
@@ -164,6 +167,9 @@ domains = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("name", String(253), nullable=False, unique=True),  # canonical: lower-case A-labels
     Column("created_at", Float, nullable=False),
+    # The tracking ceiling (core/tracking.py modes): no batch or recipient may ask for more.
+    Column("tracking_opens", String(16), nullable=False, server_default="identified"),
+    Column("tracking_links", String(16), nullable=False, server_default="identified"),
 )
 
 # A domain's DKIM keys: the newest signs; older ones stay published until removed (rotation).
@@ -241,3 +247,87 @@ signing_keys = Table(
     Column("retired_at", Float),
     UniqueConstraint("purpose", "key_id"),
 )
+
+
+# -- the feedback loop: events, stats, suppressions, webhooks ----------------------------------
+
+# Every event, written in the same database transaction as the state change that causes it
+# (an outbox): `processed` turns true in the one transaction that counts it in stats_hourly and
+# queues its webhook deliveries, so each is counted and fanned out exactly once.
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("type", String(16), nullable=False),
+    Column("occurred_at", Float, nullable=False),
+    Column("domain", String(253), nullable=False),
+    Column("batch", String(32)),  # the batch's public id
+    Column("delivery", String(48)),  # the delivery's rest id
+    Column("recipient", String(512)),  # the address, a pseudonym, or NULL (tracking mode)
+    Column("data", JSON, nullable=False),
+    Column("processed", Boolean, nullable=False, default=False),
+)
+Index("ix_events_outbox", events.c.processed, events.c.id)
+Index("ix_events_domain_time", events.c.domain, events.c.occurred_at)
+Index("ix_events_delivery", events.c.delivery)
+Index("ix_events_batch", events.c.batch, events.c.type, events.c.recipient)
+
+# Counts per domain, UTC hour and event type; kept when raw events are pruned.
+stats_hourly = Table(
+    "stats_hourly",
+    metadata,
+    Column("domain", String(253), primary_key=True),
+    Column("hour", Integer, primary_key=True),  # unix time of the hour's start
+    Column("type", String(16), primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("unique_count", Integer, nullable=False),  # first opens/clicks of a recipient
+    Column("machine_count", Integer, nullable=False),  # by link scanners and prefetchers
+)
+
+# Addresses a domain no longer sends to: hard bounces, complaints, unsubscribes, by hand.
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("domain", String(253), nullable=False),
+    Column("address", String(512), nullable=False),  # lower-cased
+    Column("reason", String(16), nullable=False),
+    Column("details", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("domain", "address"),
+)
+Index("ix_suppressions_reason", suppressions.c.domain, suppressions.c.reason, suppressions.c.id)
+
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("public_id", String(32), nullable=False, unique=True),
+    Column("domain", String(253), nullable=False, index=True),
+    Column("url", Text, nullable=False),
+    Column("secret", String(64), nullable=False),  # signs each POST; shown once at creation
+    Column("event_types", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("failing_since", Float),  # the first failure since the last success
+    Column("disabled_at", Float),
+    Column("disabled_reason", Text),
+)
+
+# One event for one webhook: its JSON body, and the attempts at POSTing it so far.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("webhook_id", Integer, ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False),
+    Column("event_id", Integer, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("status", String(16), nullable=False),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    Column("next_attempt_at", Float),
+    Column("last_attempt_at", Float),
+    Column("last_status", Integer),  # the receiver's HTTP status
+    Column("last_error", Text),
+)
+Index("ix_webhook_deliveries_due", webhook_deliveries.c.status, webhook_deliveries.c.next_attempt_at)
+Index("ix_webhook_deliveries_webhook", webhook_deliveries.c.webhook_id, webhook_deliveries.c.id)

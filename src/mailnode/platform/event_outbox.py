@@ -1,0 +1,61 @@
+"""The stats worker: drains the events outbox into hourly counts and webhook deliveries.
+
+Woken when events are written (Store.events_written) and every `poll_interval` anyway, so
+events left unprocessed by a crash are taken up at start. Each processed event is then
+published on the bus as `mailnode.stats.<type>` for whoever listens in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from mailnode.bus import Bus
+from mailnode.core.events import Event
+from mailnode.errors import MailnodeError
+from mailnode.storage.events import OUTBOX_BATCH, EventStore
+
+log = logging.getLogger(__name__)
+
+STATS_TOPIC = "mailnode.stats."
+
+
+class OutboxWorker:
+    """Processes the outbox until it is empty whenever woken."""
+
+    def __init__(self, events: EventStore, bus: Bus, *, poll_interval: float = 5.0) -> None:
+        self._events = events
+        self._bus = bus
+        self._poll_interval = poll_interval
+        self._wake = asyncio.Event()
+        self.processed = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Drain, then wait to be woken (or the poll interval), until cancelled."""
+        while True:
+            self._wake.clear()
+            try:
+                await self.drain()
+            except MailnodeError:
+                log.exception("processing the events outbox failed; trying again in %.0f s", self._poll_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+
+    async def drain(self) -> int:
+        """Process every unprocessed event; the number processed."""
+        total = 0
+        while True:
+            batch = await self._events.process_outbox(OUTBOX_BATCH)
+            for event in batch:
+                self._publish(event)
+            total += len(batch)
+            if len(batch) < OUTBOX_BATCH:
+                self.processed += total
+                return total
+
+    def _publish(self, event: Event) -> None:
+        self._bus.publish(STATS_TOPIC + event.type.value, event)
