@@ -22,10 +22,15 @@ from mailnode.api.app import create_app
 from mailnode.api.context import AppContext
 from mailnode.bus import Bus
 from mailnode.config import Config
+from mailnode.core.dkim_keys import canonical_domain
 from mailnode.errors import MailnodeError
+from mailnode.platform.bounces import BounceEndpoint, BounceHandler
 from mailnode.platform.domain_keys import DomainKeys
+from mailnode.platform.engagement import EngagementRecorder
 from mailnode.platform.event_outbox import OutboxWorker
+from mailnode.platform.link_tracking import MessageTracker
 from mailnode.platform.renderer import BatchRenderer
+from mailnode.platform.webhooks import WebhookWorker
 from mailnode.router.endpoints import build_endpoint, endpoint_from_spec
 from mailnode.router.exploder import Exploder
 from mailnode.router.filters import Router, build_chains, load_dkim_keys
@@ -35,10 +40,11 @@ from mailnode.smtp.authcheck import InboundChecker
 from mailnode.smtp.mx import MxResolver
 from mailnode.smtp.server import SmtpListeners
 from mailnode.smtp.tls import ensure_dev_certificate, server_tls_context
-from mailnode.storage.batches import VERP_KEYS, BatchStore
+from mailnode.storage.batches import TRACKING_KEYS, VERP_KEYS, BatchStore
 from mailnode.storage.domains import DomainStore
 from mailnode.storage.events import EventHook, EventStore
 from mailnode.storage.store import Clock, Store
+from mailnode.storage.webhooks import WebhookStore
 from mailnode.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -71,6 +77,8 @@ class Service:
         self._tasks = TaskSet("service")
         self._router: Router | None = None
         self.bus = Bus()
+        self.webhook_worker: WebhookWorker | None = None
+        self.engagement: EngagementRecorder | None = None
 
     @property
     def base_url(self) -> str:
@@ -96,9 +104,16 @@ class Service:
         self.store = store
         self.domains = DomainStore(store)
         self.events = EventStore(store)
+        engagement = self.engagement = EngagementRecorder(self.events)
         store.add_transition_hook(EventHook(store))
         self.outbox = OutboxWorker(self.events, self.bus)
         store.on_events(self.outbox.wake)
+        self.webhooks = WebhookStore(store, self.random_bytes)
+        self.webhook_worker = WebhookWorker(self.webhooks, self.bus, config.webhooks, self.clock)
+        self.verp_keys = await BatchStore(store).signing_keyring(VERP_KEYS, lambda: self.random_bytes(32))
+        self.tracking_keys = await BatchStore(store).signing_keyring(
+            TRACKING_KEYS, lambda: self.random_bytes(32)
+        )
         await store.register_session(self.session_id)
         versions = VersionCache(poll_interval=config.delivery.poll_interval_seconds)
         store.subscribe(versions)
@@ -115,6 +130,8 @@ class Service:
         self._tasks.spawn(self.output.run(), "output-handler")
         self._tasks.spawn(self._housekeeping(store), "housekeeping")
         self._tasks.spawn(self.outbox.run(), "events-outbox")
+        self._tasks.spawn(engagement.run(), "engagement")
+        self._tasks.spawn(self.webhook_worker.run(), "webhooks")
         self.smtp = await SmtpListeners.start(
             config, exploder=self.exploder, store=store, tls_context=self._tls_context(), clock=self.clock
         )
@@ -128,9 +145,12 @@ class Service:
                 batches=batches,
                 admin_token=config.admin_token(),
                 random_bytes=self.random_bytes,
-                verp_keys=await batches.signing_keyring(VERP_KEYS, lambda: self.random_bytes(32)),
+                verp_keys=self.verp_keys,
+                tracking_keys=self.tracking_keys,
                 events=self.events,
                 bus=self.bus,
+                webhooks=self.webhooks,
+                engagement=engagement,
             )
         )
         log.info("mailnode started session=%s http=%s", self.session_id, self.base_url)
@@ -156,7 +176,15 @@ class Service:
             for route in config.ingress.routes
             if route.copy_to
         }
-        router = Router(build_endpoint(config, store, resolver), routes, copies)
+        bounces = BounceHandler(
+            store, self.events, bounce_domain=config.bounce_domain, verp_keys=lambda: self.verp_keys.keys
+        )
+        router = Router(
+            build_endpoint(config, store, resolver),
+            routes,
+            copies,
+            bounces=(canonical_domain(config.bounce_domain), BounceEndpoint(bounces)),
+        )
         self._router = router
         domain_keys = DomainKeys(self.domains, self.clock)
         self.domains.on_keys_changed(domain_keys.invalidate)
@@ -177,8 +205,22 @@ class Service:
             config.retry_policy,
             settings,
             new_message_id=lambda: f"{secrets.token_hex(12)}@{config.hostname}",
-            renderer=BatchRenderer(BatchStore(store), self.clock),
+            renderer=BatchRenderer(
+                BatchStore(store),
+                self.clock,
+                tracker=MessageTracker(self.tracking_keys, self._tracking_base_url, self.random_bytes),
+            ),
         )
+
+    def _tracking_base_url(self) -> str:
+        """Where tracking links point: [tracking] base_url, else the HTTP listener's address.
+
+        With port 0 (tests) the real port is known only once HTTP listens; links are made
+        later, when a delivery is rendered, so the lookup waits until then.
+        """
+        if self.config.tracking.base_url or self.http_address is None:
+            return self.config.tracking_base_url
+        return self.base_url
 
     async def _start_http(self, ctx: AppContext) -> None:
         listen = self.config.http.listen
@@ -219,6 +261,7 @@ class Service:
                     await BatchStore(store).forget_idempotency_keys(now - ttl)
                     retention = self.config.events.retention_days * 86400
                     removed += await self.events.prune(now - retention)
+                    removed += await self.webhooks.prune(now - retention)
                 if expired or removed:
                     log.info("housekeeping expired=%d removed=%d", expired, removed)
             except Exception:
@@ -247,6 +290,12 @@ class Service:
         if self._router is not None:
             await self._router.close()
         await self._tasks.stop()
+        if self.engagement is not None:  # the opens and clicks still queued, before the store closes
+            await self.engagement.stop()
+            self.engagement = None
+        if self.webhook_worker is not None:  # its POSTs were cancelled with its task
+            await self.webhook_worker.stop()
+            self.webhook_worker = None
         if self.store is not None:
             try:
                 await self.store.end_session(self.session_id)

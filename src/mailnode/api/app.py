@@ -7,7 +7,16 @@ import time
 
 from aiohttp import web
 
-from mailnode.api import capture, openapi, transactions, v1_domains, v1_feedback, v1_send
+from mailnode.api import (
+    capture,
+    openapi,
+    tracking,
+    transactions,
+    v1_domains,
+    v1_feedback,
+    v1_send,
+    v1_webhooks,
+)
 from mailnode.api.auth import PRINCIPAL, authenticate, require_key, unauthorized
 from mailnode.api.context import CONTEXT, AppContext, context
 from mailnode.api.errors import Handler, error_middleware
@@ -17,6 +26,8 @@ log = logging.getLogger(__name__)
 
 
 _PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v1/openapi.json"})
+# Tracking and unsubscribe URLs: their signed token is the credential.
+_PUBLIC_PREFIXES = tracking.PUBLIC_PREFIXES
 # A due delivery nobody has claimed for this long means the output handler is stuck (or far
 # behind): not ready.
 STUCK_AFTER_SECONDS = 300.0
@@ -25,7 +36,7 @@ STUCK_AFTER_SECONDS = 300.0
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authenticate every non-public request; routes then check what the principal may do."""
-    if request.path in _PUBLIC_PATHS:
+    if request.path in _PUBLIC_PATHS or request.path.startswith(_PUBLIC_PREFIXES):
         return await handler(request)
     ctx = context(request)
     store = ctx.store
@@ -74,5 +85,7 @@ def create_app(ctx: AppContext) -> web.Application:
     v1_send.add_routes(app.router)
     v1_domains.add_routes(app.router)
     v1_feedback.add_routes(app.router)
+    v1_webhooks.add_routes(app.router)
+    tracking.add_routes(app.router)
     openapi.add_routes(app.router)
     return app

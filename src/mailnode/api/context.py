@@ -9,11 +9,13 @@ from aiohttp import web
 
 from mailnode.bus import Bus
 from mailnode.config import Config
+from mailnode.platform.engagement import EngagementRecorder
 from mailnode.router.version_cache import VersionCache
 from mailnode.storage.batches import BatchStore, SigningKeyring
 from mailnode.storage.domains import DomainStore
 from mailnode.storage.events import EventStore
 from mailnode.storage.store import Store
+from mailnode.storage.webhooks import WebhookStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,10 +28,15 @@ class AppContext:
     admin_token: str  # "" when admin routes are closed
     # The secrets VERP return paths are signed with (the newest signs).
     verp_keys: SigningKeyring
+    # ... and tracking (/t/o, /t/c) and managed-unsubscribe (/u) tokens.
+    tracking_keys: SigningKeyring
     # Randomness is injected (tests pass a seeded source); os.urandom in production.
     random_bytes: Callable[[int], bytes]
     events: EventStore
     bus: Bus
+    webhooks: WebhookStore
+    # Where /t/o and /t/c hits queue their events for the database.
+    engagement: EngagementRecorder
 
 
 CONTEXT = web.AppKey("context", AppContext)

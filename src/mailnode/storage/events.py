@@ -228,6 +228,16 @@ class EventStore:
             lambda conn: record_and_suppress(conn, new, now), on_commit=lambda _: self._store.events_written()
         )
 
+    async def record_for(self, record: TransactionRecord, event: NewEvent) -> None:
+        """Store an event about a delivery (a bounce, a complaint), with its batch filled in."""
+        now = self.clock()
+
+        def work(conn: Connection) -> None:
+            found = dataclasses.replace(event, batch=_batch_public_id(conn, record))
+            record_and_suppress(conn, [found], now)
+
+        await self._store.write(work, on_commit=lambda _: self._store.events_written())
+
     async def record_engagement(self, event: NewEvent) -> Event:
         """Store an open or click, marked unique if it is its recipient's first in the batch."""
 
@@ -238,6 +248,40 @@ class EventStore:
             stored = dataclasses.replace(event, data=data)
             event_id = inserted_id(conn.execute(events.insert(), _event_values(stored)))
             return _event(stored, event_id)
+
+        return await self._store.write(work, on_commit=lambda _: self._store.events_written())
+
+    async def record_engagements(self, new: Sequence[NewEvent]) -> int:
+        """Store opens and clicks in one write, each marked unique as record_engagement marks it."""
+
+        def work(conn: Connection) -> int:
+            seen = _seen_among(conn, new)  # one query per batch, not one per event
+            rows = []
+            for event in new:
+                data = dict(event.data)
+                if event.recipient is not None:
+                    key = _seen_key(event)
+                    if not data.get("machine"):
+                        data["unique"] = key not in seen
+                    seen.add(key)  # so a later event of this write is not unique either
+                rows.append({**_event_values(event), "data": data})
+            if rows:
+                conn.execute(events.insert(), rows)
+            return len(rows)
+
+        return await self._store.write(work, on_commit=lambda _: self._store.events_written())
+
+    async def record_unsubscribe(self, event: NewEvent) -> bool:
+        """Store an unsubscribed event and suppress its recipient; False if already unsubscribed."""
+        assert event.type is EventType.UNSUBSCRIBED and event.recipient is not None
+        recipient, now = event.recipient, self.clock()
+
+        def work(conn: Connection) -> bool:
+            found = _suppression(conn, event.domain, recipient)
+            if found is not None and found.reason == SuppressionReason.UNSUBSCRIBED.value:
+                return False  # a repeated one-click POST: one event, one suppression
+            record_and_suppress(conn, [event], now)
+            return True
 
         return await self._store.write(work, on_commit=lambda _: self._store.events_written())
 
@@ -348,6 +392,37 @@ def _seen_before(conn: Connection, event: NewEvent) -> bool:
     else:
         match.append(events.c.delivery == event.delivery)
     return conn.execute(select(events.c.id).where(*match).limit(1)).first() is not None
+
+
+_SeenKey = tuple[str, str, str | None, str | None]
+
+
+def _seen_key(event: NewEvent) -> _SeenKey:
+    """What _seen_before matches on: type, recipient, and the batch, else the delivery."""
+    assert event.recipient is not None
+    delivery = event.delivery if event.batch is None else None
+    return (event.type.value, event.recipient, event.batch, delivery)
+
+
+def _seen_among(conn: Connection, new: Sequence[NewEvent]) -> set[_SeenKey]:
+    """The keys of `new` that _seen_before would find stored, in a query per type and batch."""
+    wanted: dict[tuple[str, str | None, str | None], set[str]] = {}
+    for event in new:
+        if event.recipient is not None:
+            kind, recipient, batch, delivery = _seen_key(event)
+            wanted.setdefault((kind, batch, delivery), set()).add(recipient)
+    seen: set[_SeenKey] = set()
+    for (kind, batch, delivery), recipients in wanted.items():
+        scope = events.c.batch == batch if batch is not None else events.c.delivery == delivery
+        ordered = sorted(recipients)
+        for start in range(0, len(ordered), 900):  # SQLite's parameter limit, as suppressed_among
+            query = (
+                select(events.c.recipient)
+                .distinct()
+                .where(events.c.type == kind, scope, events.c.recipient.in_(ordered[start : start + 900]))
+            )
+            seen.update((kind, recipient, batch, delivery) for recipient in conn.execute(query).scalars())
+    return seen
 
 
 def _process_outbox(conn: Connection, limit: int, now: float) -> list[Event]:
