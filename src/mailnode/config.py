@@ -371,6 +371,8 @@ class WebhooksConfig:
     timeout_seconds: float = field(default=10.0, metadata=_check(_positive))
     # An event is retried with backoff for this long, then given up.
     retry_hours: float = field(default=24.0, metadata=_check(_positive))
+    # The first retry's delay; later ones are 3, 6, 30, 90, 180 and then 360 times it.
+    retry_base_seconds: float = field(default=10.0, metadata=_check(_positive))
     # A webhook that has failed without a success for this long is disabled.
     disable_after_days: float = field(default=3.0, metadata=_check(_positive))
     # POSTs in flight at once, over all webhooks.

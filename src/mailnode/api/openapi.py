@@ -46,6 +46,7 @@ def document() -> Schema:
             **_template_paths(),
             **_send_paths(),
             **_feedback_paths(),
+            **_webhook_paths(),
             **_doc_paths(),
         },
         "components": {
@@ -56,6 +57,7 @@ def document() -> Schema:
                 **_template_schemas(),
                 **_send_schemas(),
                 **_feedback_schemas(),
+                **_webhook_schemas(),
             },
             "parameters": _PARAMETERS,
             "responses": _RESPONSES,
@@ -535,6 +537,7 @@ _PARAMETERS = {
     "KeyId": _path("key_id", "An API key's id", {"type": "integer", "minimum": 1}),
     "TemplateId": _path("template_id", "A template's id (tpl_…)"),
     "BatchId": _path("batch_id", "A batch's id (bat_…)"),
+    "WebhookId": _path("webhook_id", "A webhook's id (wh_…)"),
     "Limit": _query("limit", "Items per page", 50, 1, 200),
     "Offset": _query("offset", "Items to skip", 0, 0, 2**31),
     "PageLimit": _query("limit", "Items per page", 100, 1, 1000),
@@ -922,6 +925,129 @@ def _delivery_schema() -> Schema:
             "updated_at": _TIME,
         }
     )
+
+
+# -- webhooks ------------------------------------------------------------------------------------
+
+
+def _webhook_paths() -> dict[str, Schema]:
+    domain = ("Domain",)
+    one = ("Domain", "WebhookId")
+    return {
+        "/v1/domains/{domain}/webhooks": {
+            "post": _op(
+                "createWebhook",
+                "Create a webhook: the domain's events of the given types are POSTed to its URL, signed; "
+                "the answer holds the signing secret, this once",
+                _ADMIN_OR_KEY,
+                {"201": _json(_ref("WebhookCreated"), "The webhook, with its secret")},
+                parameters=domain,
+                body=_body(_ref("WebhookCreate")),
+                errors=("400", "404", "409"),
+            ),
+            "get": _op(
+                "listWebhooks",
+                "The domain's webhooks, oldest first (no secrets)",
+                _ADMIN_OR_KEY,
+                {"200": _json(_object({"items": {"type": "array", "items": _ref("Webhook")}}), "Webhooks")},
+                parameters=domain,
+                errors=("404",),
+            ),
+        },
+        "/v1/domains/{domain}/webhooks/{webhook_id}": {
+            "get": _op(
+                "getWebhook",
+                "One webhook: whether it is enabled, failing since when, and why it was disabled",
+                _ADMIN_OR_KEY,
+                {"200": _json(_ref("Webhook"), "The webhook")},
+                parameters=one,
+                errors=("404",),
+            ),
+            "patch": _op(
+                "updateWebhook",
+                "Change the URL or event types; enabled: true turns a disabled webhook back on, "
+                "false turns it off (its queued deliveries are given up)",
+                _ADMIN_OR_KEY,
+                {"200": _json(_ref("Webhook"), "The webhook as changed")},
+                parameters=one,
+                body=_body(_ref("WebhookPatch")),
+                errors=("400", "404"),
+            ),
+            "delete": _op(
+                "deleteWebhook",
+                "Delete a webhook; what it had not been sent yet is dropped",
+                _ADMIN_OR_KEY,
+                _NO_CONTENT,
+                parameters=one,
+                errors=("404",),
+            ),
+        },
+        "/v1/domains/{domain}/webhooks/{webhook_id}/deliveries": {
+            "get": _op(
+                "listWebhookDeliveries",
+                "A page of the webhook's deliveries, newest first: status, attempts, the last answer",
+                _ADMIN_OR_KEY,
+                {"200": _json(_ref("WebhookDeliveryPage"), "Deliveries")},
+                parameters=(*one, "PageLimit", "Cursor"),
+                errors=("400", "404"),
+            ),
+        },
+    }
+
+
+def _webhook_schemas() -> dict[str, Schema]:
+    url = _string(
+        "http(s), at most 2048 characters, no user name or password; loopback, private and link-local "
+        "receivers need [webhooks] allow_private = true",
+        format="uri",
+        maxLength=2048,
+    )
+    types = {"type": "array", "items": {"type": "string", "enum": _EVENT_TYPES}, "minItems": 1}
+    webhook = {
+        "id": _string("wh_…"),
+        "domain": _string(),
+        "url": url,
+        "event_types": types,
+        "enabled": {"type": "boolean"},
+        "created_at": _TIME,
+        "failing_since": {**_TIME_OR_NULL, "description": "The first failed POST since the last success"},
+        "disabled_at": _TIME_OR_NULL,
+        "disabled_reason": _nullable(_string("Why it was disabled and how to turn it back on")),
+    }
+    secret = _string(
+        "Signs each POST: Mailnode-Signature is v1=<hex HMAC-SHA256 of '<Mailnode-Timestamp>.<body>'>. "
+        "Shown in this answer only",
+        pattern="^whsec_",
+    )
+    delivery = {
+        "id": {"type": "integer", "description": "Sent as Mailnode-Delivery-Id"},
+        "event_id": {"type": "integer", "description": "Sent as Mailnode-Event-Id"},
+        "status": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+        "attempts": {"type": "integer"},
+        "created_at": _TIME,
+        "next_attempt_at": _TIME_OR_NULL,
+        "last_attempt_at": _TIME_OR_NULL,
+        "last_status": _nullable({"type": "integer", "description": "The receiver's HTTP status"}),
+        "last_error": _nullable(_string("Why the last POST failed")),
+    }
+    return {
+        "WebhookCreate": _object({"url": url, "event_types": types}, ("url", "event_types")),
+        "WebhookPatch": _object(
+            {"url": url, "event_types": types, "enabled": {"type": "boolean"}},
+            description="Only the fields given change",
+        ),
+        "Webhook": _object(webhook, tuple(webhook)),
+        "WebhookCreated": _object({**webhook, "secret": secret}, (*webhook, "secret")),
+        "WebhookDelivery": _object(delivery, tuple(delivery)),
+        "WebhookDeliveryPage": _object(
+            {
+                "webhook_id": _string(),
+                "items": {"type": "array", "items": _ref("WebhookDelivery")},
+                "next_cursor": _nullable({"type": "integer"}),
+            },
+            ("webhook_id", "items", "next_cursor"),
+        ),
+    }
 
 
 _DOCUMENT_JSON = json.dumps(document(), indent=1).encode()
