@@ -70,7 +70,8 @@ async def test_a_domain_is_created_canonical_with_a_dkim_key_and_its_records(
     status, listed = await call(admin_mailnode, "GET", "/v1/domains")
     assert [d["name"] for d in listed["items"]] == ["example.com"]
     status, shown = await call(admin_mailnode, "GET", "/v1/domains/EXAMPLE.com")
-    assert (status, shown) == (200, {k: created[k] for k in ("name", "created_at", "dkim")})
+    assert (status, shown) == (200, {k: created[k] for k in ("name", "created_at", "dkim", "tracking")})
+    assert shown["tracking"] == {"opens": "off", "links": "off"}
 
 
 async def test_an_idn_is_stored_as_its_a_label_and_found_by_either_form(admin_mailnode: Mailnode) -> None:

@@ -42,13 +42,14 @@ def _rebuild_transactions_without(conn: Connection, unwanted: Callable[[str], bo
     # After a rename SQLite keeps the new name quoted in the stored statement.
     old_create = re.sub(r'CREATE TABLE "?transactions"?', "CREATE TABLE transactions_old", old_create)
     indexes = conn.execute(
-        text("SELECT sql FROM sqlite_master WHERE tbl_name = 'transactions' AND type = 'index' AND sql IS NOT NULL")
+        text(
+            "SELECT sql FROM sqlite_master"
+            " WHERE tbl_name = 'transactions' AND type = 'index' AND sql IS NOT NULL"
+        )
     ).scalars()
     indexes = [sql for sql in indexes if not unwanted(sql)]
     conn.execute(text(old_create))
-    columns = ", ".join(
-        row[1] for row in conn.execute(text("PRAGMA table_info(transactions_old)")).all()
-    )
+    columns = ", ".join(row[1] for row in conn.execute(text("PRAGMA table_info(transactions_old)")).all())
     conn.execute(text(f"INSERT INTO transactions_old SELECT {columns} FROM transactions"))
     conn.execute(text("DROP TABLE transactions"))
     conn.execute(text("ALTER TABLE transactions_old RENAME TO transactions"))
@@ -119,7 +120,9 @@ def test_version_2_batch_deliveries_get_their_batch_domain(tmp_path: Path) -> No
     _downgrade_to_v2(old)
     with old.begin() as conn:
         conn.execute(text("INSERT INTO domains (id, name, created_at) VALUES (1, 'example.com', 1)"))
-        conn.execute(text("INSERT INTO blobs (id, stored_length, total_length, created_at) VALUES (1, 0, 0, 1)"))
+        conn.execute(
+            text("INSERT INTO blobs (id, stored_length, total_length, created_at) VALUES (1, 0, 0, 1)")
+        )
         conn.execute(
             text(
                 "INSERT INTO batches (id, public_id, domain, content_blob_id, recipients, rejected, tags,"
@@ -142,7 +145,7 @@ def test_version_2_batch_deliveries_get_their_batch_domain(tmp_path: Path) -> No
         rows = conn.execute(text("SELECT rest_id, domain FROM transactions ORDER BY rest_id")).all()
         assert rows == [("batched", "example.com"), ("plain", None)]
         policy = conn.execute(text("SELECT tracking_opens, tracking_links FROM domains")).one()
-        assert tuple(policy) == ("identified", "identified")
+        assert tuple(policy) == ("off", "off")
     fresh.dispose()
     old.dispose()
 

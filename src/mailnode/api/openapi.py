@@ -13,6 +13,7 @@ from aiohttp import web
 
 from mailnode import __version__
 from mailnode.core.events import EventType, SuppressionReason
+from mailnode.core.tracking import TrackingMode
 
 Schema = dict[str, Any]
 
@@ -156,6 +157,7 @@ def _nullable(schema: Schema) -> Schema:
 
 _TIME = _string(format="date-time")
 _TIME_OR_NULL = _nullable(_TIME)
+_TRACKING_MODE = {"type": "string", "enum": [mode.value for mode in TrackingMode]}
 
 
 # -- paths ---------------------------------------------------------------------------------------
@@ -196,6 +198,17 @@ def _domain_paths() -> dict[str, Schema]:
                 _NO_CONTENT,
                 parameters=domain,
                 errors=("404",),
+            ),
+        },
+        "/v1/domains/{domain}/tracking": {
+            "put": _op(
+                "setDomainTracking",
+                "Set the tracking ceiling (and default) per axis; an axis left out is off",
+                _ADMIN,
+                {"200": _json(_ref("Domain"), "The domain as changed")},
+                parameters=domain,
+                body=_body(_ref("TrackingPolicy")),
+                errors=("400", "404"),
             ),
         },
         "/v1/domains/{domain}/dns": {
@@ -719,18 +732,29 @@ def _domain_schemas() -> dict[str, Schema]:
         "name": _string("Canonical: lower-case A-labels"),
         "created_at": _TIME,
         "dkim": {"type": "array", "items": _ref("DkimKey")},
+        "tracking": _ref("TrackingPolicy"),
     }
     records = {"type": "array", "items": _ref("DnsRecord")}
     return {
         "DomainCreate": _object(
-            {"name": _string("The domain, e.g. example.com"), "dkim_algorithm": algorithm}, ("name",)
+            {
+                "name": _string("The domain, e.g. example.com"),
+                "dkim_algorithm": algorithm,
+                "tracking": _ref("TrackingPolicy"),
+            },
+            ("name",),
+        ),
+        "TrackingPolicy": _object(
+            {"opens": _TRACKING_MODE, "links": _TRACKING_MODE},
+            description="Tracking per axis: off < anonymous < pseudonymous < identified < full. "
+            "The domain's is a ceiling: a batch or recipient may ask for less, never more.",
         ),
         "DkimRotate": _object({"dkim_algorithm": algorithm}),
         "DkimKey": dkim_key,
         "DkimKeyCreated": _object(
             {**dkim_key["properties"], "dns_record": _ref("DnsRecord")}, (*dkim_key["required"], "dns_record")
         ),
-        "Domain": _object(domain_properties, ("name", "created_at", "dkim")),
+        "Domain": _object(domain_properties, ("name", "created_at", "dkim", "tracking")),
         "DomainCreated": _object(
             {
                 **domain_properties,
@@ -818,6 +842,7 @@ def _send_schemas() -> dict[str, Schema]:
                 "email": email,
                 "name": _string(),
                 "fields": {"type": "object", "description": "Template fields of this recipient"},
+                "tracking": _ref("TrackingPolicy"),
             },
             ("email",),
         ),
@@ -882,9 +907,16 @@ def _send_request() -> Schema:
             "tags": {"type": "array", "items": _string(maxLength=100), "maxItems": 20},
             "metadata": {"type": "object", "maxProperties": 50},
             "unsubscribe": _object(
-                {"url_template": _string("An absolute https URL template, per recipient (RFC 8058)")},
-                ("url_template",),
+                {
+                    "url_template": _string("An absolute https URL template, per recipient (RFC 8058)"),
+                    "managed": {
+                        "type": "boolean",
+                        "description": "mailnode hosts the one-click unsubscribe (/u/…) and suppresses",
+                    },
+                },
+                description="Give url_template, or managed: true",
             ),
+            "tracking": _ref("TrackingPolicy"),
         },
         ("sender", "recipients"),
         "html and/or text, or template_id",

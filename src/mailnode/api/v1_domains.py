@@ -30,6 +30,7 @@ from mailnode.core.dkim_keys import (
 )
 from mailnode.core.dns_records import DnsRecord, records_to_publish
 from mailnode.core.templating import TemplateError, compile_content
+from mailnode.core.tracking import AXES, TrackingPolicy, TrackingPolicyError
 from mailnode.errors import NotFoundError
 from mailnode.storage.domains import DkimKeyRecord, DomainRecord, TemplateRecord, new_template_id
 from mailnode.storage.store import ApiKeyRecord
@@ -40,7 +41,7 @@ MAX_SUBJECT = 2000
 MAX_TEMPLATE_PART = 1_000_000  # characters of html or text
 DEFAULT_PAGE = 50
 MAX_PAGE = 200
-_CREATE_DOMAIN_FIELDS = frozenset({"name", "dkim_algorithm"})
+_CREATE_DOMAIN_FIELDS = frozenset({"name", "dkim_algorithm", "tracking"})
 _ROTATE_FIELDS = frozenset({"dkim_algorithm"})
 _CREATE_KEY_FIELDS = frozenset({"name", "expires_at"})
 _TEMPLATE_FIELDS = frozenset({"name", "subject", "html", "text"})
@@ -53,6 +54,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/v1/domains/{domain}", get_domain)
     router.add_delete("/v1/domains/{domain}", delete_domain)
     router.add_get("/v1/domains/{domain}/dns", get_dns)
+    router.add_put("/v1/domains/{domain}/tracking", set_tracking)
     router.add_post("/v1/domains/{domain}/dkim/rotate", rotate_dkim)
     router.add_delete("/v1/domains/{domain}/dkim/{selector}", remove_dkim)
     router.add_post("/v1/domains/{domain}/keys", create_key)
@@ -75,10 +77,28 @@ async def create_domain(request: web.Request) -> web.Response:
     ctx = context(request)
     body = await json_object(request, _CREATE_DOMAIN_FIELDS)
     name = _domain_name(text_field(body, "name", max_length=300) or "")
+    tracking = _tracking_policy(body.get("tracking", {}), "tracking")
     key = await _new_key(ctx, body)
-    domain = await ctx.domains.create_domain(name, key, ctx.config.platform.dkim_selector)
+    domain = await ctx.domains.create_domain(name, key, ctx.config.platform.dkim_selector, tracking)
     answer = domain_with_records_json(ctx.config, domain)
     return web.json_response(answer, status=201, headers={"Location": f"/v1/domains/{name}"})
+
+
+async def set_tracking(request: web.Request) -> web.Response:
+    """Set the domain's tracking ceiling, per axis; an axis left out is off (as in Kannon)."""
+    require_admin(request)
+    ctx = context(request)
+    body = await json_object(request, frozenset(AXES))
+    tracking = _tracking_policy(body, "")
+    domain = await ctx.domains.set_tracking(_path_domain(request), tracking)
+    return web.json_response(domain_json(domain))
+
+
+def _tracking_policy(value: object, path: str) -> TrackingPolicy:
+    try:
+        return TrackingPolicy.parse(value, path)
+    except TrackingPolicyError as exc:
+        raise bad_request(exc.path.lstrip("."), exc.problem) from None
 
 
 async def list_domains(request: web.Request) -> web.Response:
@@ -380,6 +400,7 @@ def domain_json(domain: DomainRecord) -> dict[str, Any]:
         "name": domain.name,
         "created_at": rfc3339(domain.created_at),
         "dkim": [_dkim_json(k, signing=k is signing) for k in domain.dkim_keys],
+        "tracking": domain.tracking.to_json(),
     }
 
 

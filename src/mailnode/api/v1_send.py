@@ -14,11 +14,12 @@ from aiohttp import web
 
 from mailnode.api.auth import principal, require_domain_key, unauthorized
 from mailnode.api.context import AppContext, context
-from mailnode.api.errors import ApiError
+from mailnode.api.errors import ApiError, bad_request
 from mailnode.core.address import sender_domain_allowed
 from mailnode.core.outcome import AttemptResult
 from mailnode.core.send_request import (
     BatchContent,
+    Recipient,
     Rejection,
     SendError,
     SendRequest,
@@ -28,6 +29,13 @@ from mailnode.core.send_request import (
     split_recipients,
 )
 from mailnode.core.templating import CompiledContent, TemplateError, compile_content
+from mailnode.core.tracking import (
+    StatedPolicy,
+    TrackingPolicy,
+    TrackingPolicyError,
+    check_within_ceiling,
+    effective_policy,
+)
 from mailnode.core.transaction import TransactionRecord
 from mailnode.core.verp import verp_address
 from mailnode.errors import NotFoundError
@@ -154,7 +162,14 @@ async def _new_batch(ctx: AppContext, key: ApiKeyRecord, send_request: SendReque
             f"the content is over {limits.max_send_bytes} bytes ([platform] max_send_bytes)",
             field="attachments",
         )
-    content = await _content(ctx, key.domain, send_request)
+    if send_request.managed_unsubscribe and not ctx.config.tracking_base_url.lower().startswith("https://"):
+        raise bad_request(
+            "unsubscribe.managed",
+            f"needs an https tracking URL (RFC 8058 §3.1), and [tracking] base_url is "
+            f"{ctx.config.tracking_base_url!r}; set it to the https address mailnode is reached at",
+        )
+    public_id = "bat_" + _token(ctx, 15)
+    content = await _content(ctx, key.domain, send_request, public_id)
     compiled = _compile(content)
     accepted, rejected = split_recipients(
         send_request.recipients,
@@ -162,27 +177,21 @@ async def _new_batch(ctx: AppContext, key: ApiKeyRecord, send_request: SendReque
         _unsubscribe_fields(content),
         global_fields=content.global_fields.keys(),
     )
-    suppressed = await ctx.events.suppressed(key.domain, [r.email for r in accepted])
-    if suppressed:
-        rejected = [
-            *rejected,
-            *(Rejection(r.email, "suppressed") for r in accepted if r.email.lower() in suppressed),
-        ]
-        accepted = [r for r in accepted if r.email.lower() not in suppressed]
+    accepted, refused = await _deliverable(ctx, key.domain, content.tracking, accepted)
     return NewBatch(
-        public_id="bat_" + _token(ctx, 15),
+        public_id=public_id,
         domain=key.domain,
         api_key_id=key.id,
         content=content_to_json(content),
-        deliveries=[_delivery(ctx, r.email, r.name, r.fields) for r in accepted],
-        rejected=[{"email": r.email, "reason": r.reason} for r in rejected],
+        deliveries=[_delivery(ctx, r) for r in accepted],
+        rejected=[{"email": r.email, "reason": r.reason} for r in (*rejected, *refused)],
         tags=list(send_request.tags),
         metadata=dict(send_request.metadata),
         scheduled_at=send_request.scheduled_at,
     )
 
 
-async def _content(ctx: AppContext, domain: str, send_request: SendRequest) -> BatchContent:
+async def _content(ctx: AppContext, domain: str, send_request: SendRequest, public_id: str) -> BatchContent:
     subject, html, text = send_request.subject, send_request.html, send_request.text
     if send_request.template_id is not None:
         template = await ctx.domains.get_template(domain, send_request.template_id)
@@ -205,7 +214,26 @@ async def _content(ctx: AppContext, domain: str, send_request: SendRequest) -> B
         global_fields=send_request.global_fields,
         headers=send_request.headers,
         attachments=send_request.attachments,
+        batch=public_id,
+        tracking=await _batch_tracking(ctx, domain, send_request.tracking),
+        token_expires_at=int(ctx.store.clock() + ctx.config.tracking.token_lifetime_days * 86400),
+        managed_unsubscribe=send_request.managed_unsubscribe,
     )
+
+
+async def _batch_tracking(ctx: AppContext, domain: str, stated: StatedPolicy | None) -> TrackingPolicy:
+    """The batch's policy: the domain's ceiling narrowed by the batch's; above it is a 400."""
+    ceiling = await _tracking_ceiling(ctx, domain)
+    try:
+        check_within_ceiling(ceiling, stated, "tracking")
+    except TrackingPolicyError as exc:
+        raise ApiError(
+            400,
+            "tracking_above_ceiling",
+            f"{exc}; raise the domain's ceiling with PUT /v1/domains/{domain}/tracking or ask for less",
+            field=exc.path,
+        ) from None
+    return effective_policy(ceiling, stated, None)
 
 
 def _compile(content: BatchContent) -> CompiledContent:
@@ -222,15 +250,51 @@ def _unsubscribe_fields(content: BatchContent) -> frozenset[str]:
     return compile_content("", None, "", content.unsubscribe_url).required_fields
 
 
-def _delivery(ctx: AppContext, email: str, name: str, fields: Any) -> NewDelivery:
+async def _deliverable(
+    ctx: AppContext, domain: str, tracking: TrackingPolicy, recipients: list[Recipient]
+) -> tuple[list[Recipient], list[Rejection]]:
+    """The recipients to send to, and those refused: suppressed, or tracking above the ceiling."""
+    ceiling = await _tracking_ceiling(ctx, domain)
+    suppressed = await ctx.events.suppressed(domain, [r.email for r in recipients])
+    accepted: list[Recipient] = []
+    refused: list[Rejection] = []
+    for recipient in recipients:
+        if recipient.email.lower() in suppressed:
+            refused.append(Rejection(recipient.email, "suppressed"))
+        elif not _within(ceiling, recipient.tracking):
+            refused.append(Rejection(recipient.email, "tracking_above_ceiling"))
+        else:
+            accepted.append(recipient)
+    return accepted, refused
+
+
+def _delivery(ctx: AppContext, recipient: Recipient) -> NewDelivery:
     rest_id = ctx.batches.new_id()
     keyring = ctx.verp_keys
+    stored: dict[str, Any] = {"name": recipient.name, "fields": dict(recipient.fields)}
+    if recipient.tracking is not None:
+        stored["tracking"] = recipient.tracking.to_json()
     return NewDelivery(
         rest_id=rest_id,
-        rcpt_to=email,
+        rcpt_to=recipient.email,
         mail_from=verp_address(rest_id, ctx.config.bounce_domain, keyring.current, keyring.current_id),
-        recipient={"name": name, "fields": dict(fields)},
+        recipient=stored,
     )
+
+
+async def _tracking_ceiling(ctx: AppContext, domain: str) -> TrackingPolicy:
+    record = await ctx.domains.get_domain(domain)
+    if record is None:  # deleted while its key was being checked
+        raise NotFoundError(f"no domain {domain!r}")
+    return record.tracking
+
+
+def _within(ceiling: TrackingPolicy, stated: StatedPolicy | None) -> bool:
+    try:
+        check_within_ceiling(ceiling, stated, "tracking")
+    except TrackingPolicyError:
+        return False
+    return True
 
 
 def _token(ctx: AppContext, size: int) -> str:

@@ -20,11 +20,18 @@ from typing import Any
 from mailnode.core.address import AddressError, parse_address
 from mailnode.core.message_builder import Mailbox
 from mailnode.core.platform_message import Attachment, Sender, VisibleHeaders, check_unsubscribe_template
+from mailnode.core.tracking import (
+    StatedPolicy,
+    TrackingMode,
+    TrackingPolicy,
+    TrackingPolicyError,
+    parse_stated,
+)
 
 FIELDS = frozenset(
     {
         "sender", "subject", "html", "text", "template_id", "recipients", "global_fields",
-        "attachments", "headers", "scheduled_at", "tags", "metadata", "unsubscribe",
+        "attachments", "headers", "scheduled_at", "tags", "metadata", "unsubscribe", "tracking",
     }
 )  # fmt: skip
 _HEADER_FIELDS = frozenset({"to", "cc", "reply_to", "custom"})
@@ -36,6 +43,7 @@ MAX_TAG_LENGTH = 100
 MAX_METADATA_ITEMS = 50
 MAX_METADATA_TEXT = 1000
 CONTENT_VERSION = 1
+NO_TRACKING = TrackingPolicy(TrackingMode.OFF, TrackingMode.OFF)
 
 
 class SendError(ValueError):
@@ -54,6 +62,7 @@ class Recipient:
     email: str
     name: str = ""
     fields: Mapping[str, Any] = field(default_factory=dict)
+    tracking: StatedPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +88,9 @@ class SendRequest:
     tags: tuple[str, ...]
     metadata: Mapping[str, Any]
     unsubscribe_url: str | None
+    tracking: StatedPolicy | None = None
+    # mailnode hosts the one-click unsubscribe (/u/{token}) instead of the sender's URL.
+    managed_unsubscribe: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +106,13 @@ class BatchContent:
     global_fields: Mapping[str, Any]
     headers: VisibleHeaders
     attachments: tuple[Attachment, ...]
+    # The batch's public id and its tracking: the policy every delivery starts from (the
+    # domain's ceiling narrowed by the batch's own), the tokens' expiry (one for the whole batch,
+    # so anonymous tokens are alike for all its recipients), and whether /u/ unsubscribes.
+    batch: str = ""
+    tracking: TrackingPolicy = NO_TRACKING
+    token_expires_at: int = 0
+    managed_unsubscribe: bool = False
 
 
 def parse_send_request(value: object) -> SendRequest:
@@ -121,7 +140,8 @@ def parse_send_request(value: object) -> SendRequest:
         scheduled_at=_time(body.get("scheduled_at"), "scheduled_at"),
         tags=_tags(body.get("tags", [])),
         metadata=_metadata(body.get("metadata", {})),
-        unsubscribe_url=_unsubscribe(body.get("unsubscribe")),
+        **_unsubscribe(body.get("unsubscribe")),
+        tracking=_stated_tracking(body.get("tracking"), "tracking"),
     )
 
 
@@ -153,7 +173,7 @@ def split_recipients(
             rejected.append(outcome)
         elif outcome not in seen:  # a duplicate is sent once, silently (it is not a failure)
             seen.add(outcome)
-            accepted.append(Recipient(outcome, recipient.name, recipient.fields))
+            accepted.append(Recipient(outcome, recipient.name, recipient.fields, recipient.tracking))
     return accepted, rejected
 
 
@@ -191,6 +211,10 @@ def content_to_json(content: BatchContent) -> bytes:
         "html": content.html,
         "text": content.text,
         "unsubscribe_url": content.unsubscribe_url,
+        "managed_unsubscribe": content.managed_unsubscribe,
+        "batch": content.batch,
+        "tracking": content.tracking.to_json(),
+        "token_expires_at": content.token_expires_at,
         "global_fields": dict(content.global_fields),
         "headers": {
             "to": [_mailbox_json(m) for m in headers.to],
@@ -234,6 +258,11 @@ def content_from_json(data: bytes) -> BatchContent:
             Attachment(a["filename"], a["content_type"], base64.b64decode(a["content"]))
             for a in value["attachments"]
         ),
+        # Content stored before tracking existed has none of these: no tracking, no /u/.
+        batch=value.get("batch", ""),
+        tracking=TrackingPolicy.parse(value.get("tracking", {}), "tracking"),
+        token_expires_at=value.get("token_expires_at", 0),
+        managed_unsubscribe=value.get("managed_unsubscribe", False),
     )
 
 
@@ -296,12 +325,13 @@ def _recipients(value: object) -> tuple[Recipient, ...]:
 
 
 def _recipient(value: object, path: str) -> Recipient:
-    item = _object(value, path, frozenset({"email", "name", "fields"}))
+    item = _object(value, path, frozenset({"email", "name", "fields", "tracking"}))
     email = item.get("email")
     if not isinstance(email, str):
         raise SendError(f"{path}.email", "must be a string")
     name = _header_text(item.get("name", ""), f"{path}.name")
-    return Recipient(email.strip(), name, _fields(item.get("fields", {}), f"{path}.fields"))
+    fields = _fields(item.get("fields", {}), f"{path}.fields")
+    return Recipient(email.strip(), name, fields, _stated_tracking(item.get("tracking"), f"{path}.tracking"))
 
 
 def _fields(value: object, path: str) -> dict[str, Any]:
@@ -413,14 +443,31 @@ def _metadata(value: object) -> dict[str, Any]:
     return value
 
 
-def _unsubscribe(value: object) -> str | None:
+def _unsubscribe(value: object) -> dict[str, Any]:
+    """The SendRequest fields of `unsubscribe`: {url_template} or {managed: true}."""
     if value is None:
-        return None
-    item = _object(value, "unsubscribe", frozenset({"url_template"}))
+        return {"unsubscribe_url": None}
+    item = _object(value, "unsubscribe", frozenset({"url_template", "managed"}))
+    managed = item.get("managed", False)
+    if not isinstance(managed, bool):
+        raise SendError("unsubscribe.managed", "must be true or false")
     template = item.get("url_template")
+    if managed:
+        if template is not None:
+            raise SendError("unsubscribe", "give url_template or managed: true, not both")
+        return {"unsubscribe_url": None, "managed_unsubscribe": True}
     if not isinstance(template, str):
-        raise SendError("unsubscribe.url_template", "must be a string")
+        raise SendError("unsubscribe.url_template", "must be a string (or give managed: true)")
     problem = check_unsubscribe_template(template)
     if problem is not None:
         raise SendError("unsubscribe.url_template", problem)
-    return template
+    return {"unsubscribe_url": template}
+
+
+def _stated_tracking(value: object, path: str) -> StatedPolicy | None:
+    if value is None:
+        return None
+    try:
+        return parse_stated(value, path)
+    except TrackingPolicyError as exc:
+        raise SendError(exc.path, exc.problem) from None

@@ -41,9 +41,12 @@ class OutboxWorker:
             try:
                 await self.drain()
             except MailnodeError:
-                log.exception("processing the events outbox failed; trying again in %.0f s", self._poll_interval)
+                log.exception("processing the events outbox failed; retrying in %.0f s", self._poll_interval)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that arrives as the wait ends (gh-86296), and this loop would then never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                async with asyncio.timeout(self._poll_interval):
+                    await self._wake.wait()
 
     async def drain(self) -> int:
         """Process every unprocessed event; the number processed."""

@@ -21,6 +21,7 @@ from mailnode.core.send_request import BatchContent, content_from_json
 from mailnode.core.templating import CompiledContent, TemplateError, compile_content, recipient_context
 from mailnode.core.transaction import TransactionRecord
 from mailnode.errors import PermanentDeliveryError
+from mailnode.platform.link_tracking import MessageTracker
 from mailnode.storage.batches import BatchStore
 
 CACHE_BATCHES = 64
@@ -46,13 +47,21 @@ class _Batch:
     inline: bool  # small enough to render on the event loop
 
     def message(
-        self, record: TransactionRecord, name: str, context: dict[str, object], date: datetime.datetime
+        self,
+        record: TransactionRecord,
+        name: str,
+        context: dict[str, object],
+        date: datetime.datetime,
+        tracker: MessageTracker | None,
     ) -> bytes:
         """The recipient's message: its content rendered and built; TemplateError or ValueError if not."""
+        rendered = self.compiled.render(context)
+        if tracker is not None:
+            rendered = tracker.apply(rendered, self.content, record)
         return self.prepared.build(
             recipient_email=record.rcpt_to,
             recipient_name=name,
-            rendered=self.compiled.render(context),
+            rendered=rendered,
             message_id=f"{record.rest_id}@{self.content.domain}",
             date=date,
         )
@@ -62,10 +71,16 @@ class BatchRenderer:
     """Builds each platform delivery's message when it is attempted."""
 
     def __init__(
-        self, batches: BatchStore, clock: Callable[[], float], *, cache_size: int = CACHE_BATCHES
+        self,
+        batches: BatchStore,
+        clock: Callable[[], float],
+        *,
+        tracker: MessageTracker | None = None,
+        cache_size: int = CACHE_BATCHES,
     ) -> None:
         self._batches = batches
         self._clock = clock
+        self._tracker = tracker
         self._cache_size = cache_size
         self._cache: OrderedDict[int, asyncio.Future[_Batch]] = OrderedDict()
 
@@ -81,9 +96,9 @@ class BatchRenderer:
         date = datetime.datetime.fromtimestamp(self._clock(), datetime.UTC)
         try:
             if batch.inline:
-                message = batch.message(record, name, context, date)
+                message = batch.message(record, name, context, date, self._tracker)
             else:
-                message = await asyncio.to_thread(batch.message, record, name, context, date)
+                message = await asyncio.to_thread(batch.message, record, name, context, date, self._tracker)
         except (TemplateError, ValueError) as exc:
             raise _unrenderable(f"cannot render the message: {exc}") from exc
         return RenderedDelivery(message, batch.content.domain)

@@ -211,11 +211,14 @@ class Router:
         default: Endpoint,
         ingress_routes: Sequence[tuple[IngressRoute, Endpoint]] = (),
         copies: Mapping[IngressRoute, Endpoint] | None = None,
+        bounces: tuple[str, Endpoint] | None = None,
     ) -> None:
         self._default = default
         self._routes = list(ingress_routes)
         self._by_spec = {route: endpoint for route, endpoint in self._routes}
         self._copies = dict(copies or {})
+        # (the bounce domain, the bounce handler): ahead of every route, "*" included.
+        self._bounces = bounces
 
     async def close(self) -> None:
         """Release what endpoints hold open (an HTTP receiver's connection pool)."""
@@ -229,6 +232,10 @@ class Router:
         if record.sender not in ("ingress", "copy"):
             return self._default
         domain = record.rcpt_to.rpartition("@")[2]
+        if self._bounces is not None and record.sender == "ingress":
+            bounce_domain, handler = self._bounces
+            if domain.lower().rstrip(".") == bounce_domain:
+                return handler
         route = match_route([route for route, _ in self._routes], domain)
         if route is None:
             return None

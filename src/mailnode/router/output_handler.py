@@ -150,8 +150,10 @@ class OutputHandler:
             if due is not None:
                 timeout = min(timeout, max(due - self._store.clock(), 0.0))
         if timeout > 0:
+            # asyncio.timeout: wait_for on Python 3.11 can swallow a cancellation (gh-86296).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
         self._wake.clear()
 
     async def _renew_leases(self) -> None:

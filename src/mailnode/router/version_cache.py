@@ -71,8 +71,10 @@ class VersionCache:
                 remaining = deadline - loop.time()
                 if value is None or version_of(value) != known_version or remaining <= 0:
                     return value
+                # asyncio.timeout: wait_for on Python 3.11 can swallow a cancellation (gh-86296).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), min(remaining, self._poll_interval))
+                    async with asyncio.timeout(min(remaining, self._poll_interval)):
+                        await event.wait()
         finally:
             entry.waiters.discard(event)
             if not entry.waiters:

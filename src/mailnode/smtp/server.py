@@ -25,7 +25,7 @@ from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session, TLSSetupException
 
-from mailnode.config import Config, HostPort, IngressRoute
+from mailnode.config import Config, HostPort
 from mailnode.core.address import AddressError, parse_address, parse_reverse_path, sender_domain_allowed
 from mailnode.core.exploder import Mode
 from mailnode.core.response import Response
@@ -691,8 +691,11 @@ def _asks_to_relay(address: str) -> bool:
 
 
 def _routed(listener: _Listener, domain: str) -> bool:
-    routes: tuple[IngressRoute, ...] = listener.owner.config.ingress.routes
-    return match_route(routes, domain) is not None
+    """Whether port 25 takes mail for `domain`: a route's, or the bounce domain (bounces)."""
+    config = listener.owner.config
+    if domain.lower().rstrip(".") == config.bounce_domain.lower():
+        return True
+    return match_route(config.ingress.routes, domain) is not None
 
 
 async def _first_response(server: _Session, args: list[str], challenge: str) -> bytes | None:

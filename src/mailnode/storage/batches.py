@@ -26,6 +26,7 @@ from mailnode.storage.tables import (
 
 PLATFORM_SENDER = "platform"
 VERP_KEYS = "verp"  # the signing_keys purpose of VERP return paths
+TRACKING_KEYS = "tracking"  # ... and of tracking and managed-unsubscribe tokens
 
 
 @dataclass(frozen=True, slots=True)

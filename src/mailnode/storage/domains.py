@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Integer, bindparam, delete, func, select, upd
 
 from mailnode.core.dkim_keys import DkimAlgorithm, DkimKeyPair, new_selector
 from mailnode.core.outcome import FinalReason, Status
+from mailnode.core.tracking import TrackingMode, TrackingPolicy
 from mailnode.core.transaction import TransactionRecord
 from mailnode.errors import ConflictError, NotFoundError
 from mailnode.storage.store import LOAD_TRANSACTIONS, ApiKeyRecord, Store, inserted_id, load_rows
@@ -36,6 +37,9 @@ class DkimKeyRecord:
     private_key_pem: bytes = field(repr=False)
 
 
+OFF = TrackingPolicy(TrackingMode.OFF, TrackingMode.OFF)
+
+
 @dataclass(frozen=True, slots=True)
 class DomainRecord:
     """A sending domain and its DKIM keys, oldest first: the last one signs."""
@@ -43,6 +47,7 @@ class DomainRecord:
     name: str
     created_at: float
     dkim_keys: tuple[DkimKeyRecord, ...]
+    tracking: TrackingPolicy = OFF
 
     @property
     def signing_key(self) -> DkimKeyRecord | None:
@@ -93,10 +98,18 @@ class DomainStore:
 
     # -- domains ---------------------------------------------------------------------------
 
-    async def create_domain(self, name: str, key: DkimKeyPair, base_selector: str) -> DomainRecord:
+    async def create_domain(
+        self, name: str, key: DkimKeyPair, base_selector: str, tracking: TrackingPolicy = OFF
+    ) -> DomainRecord:
         """Store a new domain with its first DKIM key; ConflictError if it exists."""
         now = self.clock()
-        return await self._store.write(lambda conn: _create_domain(conn, name, key, base_selector, now))
+        return await self._store.write(
+            lambda conn: _create_domain(conn, name, key, base_selector, tracking, now)
+        )
+
+    async def set_tracking(self, name: str, tracking: TrackingPolicy) -> DomainRecord:
+        """Change the domain's tracking ceiling; queued deliveries keep the policy they were sent with."""
+        return await self._store.write(lambda conn: _set_tracking(conn, name, tracking))
 
     async def get_domain(self, name: str) -> DomainRecord | None:
         return await self._store.read(lambda conn: _get_domain(conn, name))
@@ -213,9 +226,14 @@ class DomainStore:
 # -- statements ------------------------------------------------------------------------------
 
 _DOMAIN_ID = select(domains.c.id).where(domains.c.name == bindparam("name"))
-_DOMAIN = select(domains.c.id, domains.c.name, domains.c.created_at).where(
-    domains.c.name == bindparam("name")
+_DOMAIN_COLUMNS = (
+    domains.c.id,
+    domains.c.name,
+    domains.c.created_at,
+    domains.c.tracking_opens,
+    domains.c.tracking_links,
 )
+_DOMAIN = select(*_DOMAIN_COLUMNS).where(domains.c.name == bindparam("name"))
 _KEY_COLUMNS = (
     dkim_keys.c.selector,
     dkim_keys.c.algorithm,
@@ -227,7 +245,7 @@ _KEYS_OF = (
     select(*_KEY_COLUMNS).where(dkim_keys.c.domain_id == bindparam("domain_id")).order_by(dkim_keys.c.id)
 )
 _ALL_KEYS = select(dkim_keys.c.domain_id, *_KEY_COLUMNS).order_by(dkim_keys.c.id)
-_ALL_DOMAINS = select(domains.c.id, domains.c.name, domains.c.created_at).order_by(domains.c.name)
+_ALL_DOMAINS = select(*_DOMAIN_COLUMNS).order_by(domains.c.name)
 _SIGNING_KEY = (
     select(*_KEY_COLUMNS)
     .join(domains, domains.c.id == dkim_keys.c.domain_id)
@@ -321,13 +339,31 @@ def _domain_id(conn: Connection, name: str) -> int:
 
 
 def _create_domain(
-    conn: Connection, name: str, key: DkimKeyPair, base_selector: str, now: float
+    conn: Connection, name: str, key: DkimKeyPair, base_selector: str, tracking: TrackingPolicy, now: float
 ) -> DomainRecord:
     if conn.execute(_DOMAIN_ID, {"name": name}).scalar() is not None:
         raise ConflictError(f"domain {name!r} already exists")
-    domain_id = inserted_id(conn.execute(_INSERT_DOMAIN, {"name": name, "created_at": now}))
+    values = {"name": name, "created_at": now, **_tracking_columns(tracking)}
+    domain_id = inserted_id(conn.execute(_INSERT_DOMAIN, values))
     record = _insert_dkim_key(conn, domain_id, key, new_selector((), base_selector, today=_day(now)), now)
-    return DomainRecord(name, now, (record,))
+    return DomainRecord(name, now, (record,), tracking)
+
+
+def _set_tracking(conn: Connection, name: str, tracking: TrackingPolicy) -> DomainRecord:
+    conn.execute(
+        update(domains).where(domains.c.id == _domain_id(conn, name)).values(**_tracking_columns(tracking))
+    )
+    found = _get_domain(conn, name)
+    assert found is not None
+    return found
+
+
+def _tracking_columns(tracking: TrackingPolicy) -> dict[str, str]:
+    return {"tracking_opens": tracking.opens.value, "tracking_links": tracking.links.value}
+
+
+def _tracking(row: Any) -> TrackingPolicy:
+    return TrackingPolicy(TrackingMode(row.tracking_opens), TrackingMode(row.tracking_links))
 
 
 def _get_domain(conn: Connection, name: str) -> DomainRecord | None:
@@ -335,7 +371,7 @@ def _get_domain(conn: Connection, name: str) -> DomainRecord | None:
     if row is None:
         return None
     keys = tuple(_dkim_record(key) for key in conn.execute(_KEYS_OF, {"domain_id": row.id}))
-    return DomainRecord(row.name, row.created_at, keys)
+    return DomainRecord(row.name, row.created_at, keys, _tracking(row))
 
 
 def _list_domains(conn: Connection) -> list[DomainRecord]:
@@ -343,7 +379,7 @@ def _list_domains(conn: Connection) -> list[DomainRecord]:
     for row in conn.execute(_ALL_KEYS):
         keys.setdefault(row.domain_id, []).append(_dkim_record(row))
     return [
-        DomainRecord(row.name, row.created_at, tuple(keys.get(row.id, ())))
+        DomainRecord(row.name, row.created_at, tuple(keys.get(row.id, ())), _tracking(row))
         for row in conn.execute(_ALL_DOMAINS)
     ]
 

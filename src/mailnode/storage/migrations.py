@@ -69,7 +69,7 @@ def _v3_feedback_loop(connection: Connection) -> None:
         if column.name in existing:
             continue
         connection.execute(
-            text(f"ALTER TABLE domains ADD COLUMN {column.name} VARCHAR(16) NOT NULL DEFAULT 'identified'")
+            text(f"ALTER TABLE domains ADD COLUMN {column.name} VARCHAR(16) NOT NULL DEFAULT 'off'")
         )
     # Deliveries already queued by a batch count in their batch's domain.
     connection.execute(

@@ -167,9 +167,10 @@ domains = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("name", String(253), nullable=False, unique=True),  # canonical: lower-case A-labels
     Column("created_at", Float, nullable=False),
-    # The tracking ceiling (core/tracking.py modes): no batch or recipient may ask for more.
-    Column("tracking_opens", String(16), nullable=False, server_default="identified"),
-    Column("tracking_links", String(16), nullable=False, server_default="identified"),
+    # The tracking ceiling and default (core/tracking.py modes): no batch or recipient may ask
+    # for more. Off until the domain's owner turns it on: privacy by default.
+    Column("tracking_opens", String(16), nullable=False, server_default="off"),
+    Column("tracking_links", String(16), nullable=False, server_default="off"),
 )
 
 # A domain's DKIM keys: the newest signs; older ones stay published until removed (rotation).
