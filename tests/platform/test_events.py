@@ -226,3 +226,47 @@ async def test_events_left_in_the_outbox_by_a_crash_are_counted_once_after_resta
     await _wait_processed(restarted, 3)
     await restarted.service.outbox.drain()  # another pass finds nothing left to count
     assert restarted.rows("SELECT sum(count) FROM stats_hourly WHERE type = 'opened'") == [(3,)]
+
+
+async def test_old_raw_events_are_pruned_and_the_hourly_counts_stay(node: Mailnode, domain: Domain) -> None:
+    old = time.time() - 100 * 86400  # beyond the default retention of 90 days
+    with sqlite3.connect(node.db_path) as connection:
+        connection.executemany(
+            "INSERT INTO events (type, occurred_at, domain, data, processed)"
+            " VALUES ('opened', ?, ?, '{}', 0)",
+            [(old, "example.com"), (time.time(), "example.com")],
+        )
+    await node.service.outbox.drain()
+    pruned = await node.service.events.prune(time.time() - node.service.config.events.retention_days * 86400)
+    assert pruned == 1
+    assert node.rows("SELECT count(*) FROM events WHERE type = 'opened'") == [(1,)]
+    assert node.rows("SELECT sum(count) FROM stats_hourly WHERE type = 'opened'") == [(2,)]
+
+
+async def test_stats_by_day_and_events_page_by_cursor(node: Mailnode, domain: Domain) -> None:
+    now = time.time()
+    with sqlite3.connect(node.db_path) as connection:
+        connection.executemany(
+            "INSERT INTO events (type, occurred_at, domain, recipient, data, processed)"
+            " VALUES ('clicked', ?, 'example.com', ?, '{}', 0)",
+            [(now - 86400 * days, f"r{days}@example.org") for days in (0, 0, 1, 3)],
+        )
+    await node.service.outbox.drain()
+    status, stats = await _get(node, "/v1/domains/example.com/stats?granularity=day", domain.headers())
+    assert status == 200
+    counts = [bucket["count"] for bucket in stats["series"]["clicked"]]
+    assert len(counts) == 24 and counts[-1] == 2 and counts[-2] == 1 and counts[-4] == 1 and sum(counts) == 4
+
+    seen: list[str] = []
+    path = "/v1/domains/example.com/events?type=clicked&limit=3"
+    status, page = await _get(node, path, domain.headers())
+    seen += [event["recipient"] for event in page["items"]]
+    assert page["next_cursor"] is not None
+    status, page = await _get(node, f"{path}&cursor={page['next_cursor']}", domain.headers())
+    seen += [event["recipient"] for event in page["items"]]
+    assert page["next_cursor"] is None
+    assert sorted(seen) == ["r0@example.org", "r0@example.org", "r1@example.org", "r3@example.org"]
+    status, page = await _get(
+        node, "/v1/domains/example.com/events?recipient=R3@example.org", domain.headers()
+    )
+    assert [event["recipient"] for event in page["items"]] == ["r3@example.org"]

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -549,3 +550,34 @@ async def test_a_redirect_is_a_failure_and_is_not_followed(store: Store, receive
     assert item.status == "pending" and item.last_status == 302
     assert item.last_error is not None and "redirects are not followed" in item.last_error
     assert item.next_attempt_at is not None and item.next_attempt_at >= item.last_attempt_at + 60
+
+
+async def test_an_event_left_by_a_crash_before_its_webhook_is_posted_after_restart(
+    mailnode_factory: MailnodeFactory, node: Mailnode, domain: Domain, receiver: WebhookReceiver
+) -> None:
+    hook = await create_webhook(node, domain, receiver.url(), ["delivered"])
+    await stop_mailnode(node)
+    # What a kill right after a delivery's commit leaves: its event stored, not yet processed
+    # (so neither counted nor queued for the webhook).
+    with sqlite3.connect(node.db_path) as connection:
+        connection.execute(
+            "INSERT INTO events (type, occurred_at, domain, recipient, data, processed)"
+            " VALUES ('delivered', ?, 'example.com', 'ann@example.org', '{\"code\": 250}', 0)",
+            (time.time(),),
+        )
+    await mailnode_factory(admin={"token": ADMIN_TOKEN}, webhooks=WEBHOOKS)
+    (post,) = await receiver.wait_for_posts(1)
+    assert post.signed_by(hook["secret"])
+    assert post.json()["type"] == "delivered" and post.json()["recipient"] == "ann@example.org"
+
+
+async def test_deleting_a_domain_deletes_its_webhooks(
+    node: Mailnode, domain: Domain, receiver: WebhookReceiver
+) -> None:
+    await create_webhook(node, domain, receiver.url(), ["delivered"])
+    status, _ = await call(node, "DELETE", "/v1/domains/example.com", admin_headers())
+    assert status == 204
+    assert node.rows("SELECT count(*) FROM webhooks") == [(0,)]
+    again = await create_domain(node, "example.com")
+    status, listed = await call(node, "GET", "/v1/domains/example.com/webhooks", again.headers())
+    assert status == 200 and listed["items"] == []

@@ -20,7 +20,7 @@ from mailnode.core.tracking import TrackingMode, TrackingPolicy
 from mailnode.core.transaction import TransactionRecord
 from mailnode.errors import ConflictError, NotFoundError
 from mailnode.storage.store import LOAD_TRANSACTIONS, ApiKeyRecord, Store, inserted_id, load_rows
-from mailnode.storage.tables import api_keys, batches, dkim_keys, domains, templates, transactions
+from mailnode.storage.tables import api_keys, batches, dkim_keys, domains, templates, transactions, webhooks
 
 TEMPLATE_ID_PREFIX = "tpl_"
 _TEMPLATE_ID_BYTES = 16
@@ -390,6 +390,9 @@ def _delete_domain(conn: Connection, name: str, now: float) -> list[TransactionR
     if ids:
         conn.execute(_CANCEL, {"ids": ids, "now": now})
     conn.execute(_DELETE_DOMAIN_KEYS, {"name": name})
+    # Its webhooks go too (their deliveries by cascade): a domain created again later under
+    # the same name must not inherit receivers. Events, stats and suppressions stay on record.
+    conn.execute(delete(webhooks).where(webhooks.c.domain == name))
     # dkim_keys and templates go with the row (ON DELETE CASCADE; foreign keys are on).
     conn.execute(_DELETE_DOMAIN, {"domain_id": domain_id})
     return [record for _, record in load_rows(conn, _LOAD_BY_IDS, ids=ids)] if ids else []
