@@ -340,6 +340,15 @@ async def test_opens_written_together_are_unique_once_per_recipient(node: Mailno
     ]
 
 
+async def test_a_scanner_opening_first_does_not_take_the_persons_unique_open(node: Mailnode) -> None:
+    events = node.service.events
+    await events.record_engagements([opened(1, machine=True)])  # a link scanner fetched first
+    await events.record_engagements([opened(1)])  # then the recipient (a separate write)
+    await events.record_engagement(opened(1))  # and again
+    rows = node.rows("SELECT json_extract(data, '$.unique') FROM events ORDER BY id")
+    assert rows == [(None,), (1,), (0,)]
+
+
 async def test_a_graceful_stop_writes_every_queued_event(node: Mailnode) -> None:
     recorder = node.service.engagement
     assert recorder is not None

@@ -259,10 +259,9 @@ class EventStore:
             rows = []
             for event in new:
                 data = dict(event.data)
-                if event.recipient is not None:
+                if event.recipient is not None and not data.get("machine"):
                     key = _seen_key(event)
-                    if not data.get("machine"):
-                        data["unique"] = key not in seen
+                    data["unique"] = key not in seen
                     seen.add(key)  # so a later event of this write is not unique either
                 rows.append({**_event_values(event), "data": data})
             if rows:
@@ -391,10 +390,14 @@ def _seen_before(conn: Connection, event: NewEvent) -> bool:
         match.append(events.c.batch == event.batch)
     else:
         match.append(events.c.delivery == event.delivery)
-    return conn.execute(select(events.c.id).where(*match).limit(1)).first() is not None
+    return conn.execute(select(events.c.id).where(*match, _BY_A_PERSON).limit(1)).first() is not None
 
 
 _SeenKey = tuple[str, str, str | None, str | None]
+# Only a person's open or click makes a later one not unique: a link scanner or an image proxy
+# that fetched first must not take the "unique" from the recipient's own first open. A person's
+# events are the ones marked unique or not (machine events carry no such mark).
+_BY_A_PERSON = events.c.data["unique"].as_boolean().is_not(None)
 
 
 def _seen_key(event: NewEvent) -> _SeenKey:
@@ -419,7 +422,12 @@ def _seen_among(conn: Connection, new: Sequence[NewEvent]) -> set[_SeenKey]:
             query = (
                 select(events.c.recipient)
                 .distinct()
-                .where(events.c.type == kind, scope, events.c.recipient.in_(ordered[start : start + 900]))
+                .where(
+                    events.c.type == kind,
+                    scope,
+                    events.c.recipient.in_(ordered[start : start + 900]),
+                    _BY_A_PERSON,
+                )
             )
             seen.update((kind, recipient, batch, delivery) for recipient in conn.execute(query).scalars())
     return seen
