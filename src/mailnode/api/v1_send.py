@@ -169,7 +169,8 @@ async def _new_batch(ctx: AppContext, key: ApiKeyRecord, send_request: SendReque
             f"{ctx.config.tracking_base_url!r}; set it to the https address mailnode is reached at",
         )
     public_id = "bat_" + _token(ctx, 15)
-    content = await _content(ctx, key.domain, send_request, public_id)
+    ceiling = await _tracking_ceiling(ctx, key.domain)
+    content = await _content(ctx, key.domain, send_request, public_id, ceiling)
     compiled = _compile(content)
     accepted, rejected = split_recipients(
         send_request.recipients,
@@ -177,7 +178,7 @@ async def _new_batch(ctx: AppContext, key: ApiKeyRecord, send_request: SendReque
         _unsubscribe_fields(content),
         global_fields=content.global_fields.keys(),
     )
-    accepted, refused = await _deliverable(ctx, key.domain, content.tracking, accepted)
+    accepted, refused = await _deliverable(ctx, key.domain, ceiling, accepted)
     return NewBatch(
         public_id=public_id,
         domain=key.domain,
@@ -191,7 +192,9 @@ async def _new_batch(ctx: AppContext, key: ApiKeyRecord, send_request: SendReque
     )
 
 
-async def _content(ctx: AppContext, domain: str, send_request: SendRequest, public_id: str) -> BatchContent:
+async def _content(
+    ctx: AppContext, domain: str, send_request: SendRequest, public_id: str, ceiling: TrackingPolicy
+) -> BatchContent:
     subject, html, text = send_request.subject, send_request.html, send_request.text
     if send_request.template_id is not None:
         template = await ctx.domains.get_template(domain, send_request.template_id)
@@ -215,15 +218,14 @@ async def _content(ctx: AppContext, domain: str, send_request: SendRequest, publ
         headers=send_request.headers,
         attachments=send_request.attachments,
         batch=public_id,
-        tracking=await _batch_tracking(ctx, domain, send_request.tracking),
+        tracking=_batch_tracking(domain, ceiling, send_request.tracking),
         token_expires_at=int(ctx.store.clock() + ctx.config.tracking.token_lifetime_days * 86400),
         managed_unsubscribe=send_request.managed_unsubscribe,
     )
 
 
-async def _batch_tracking(ctx: AppContext, domain: str, stated: StatedPolicy | None) -> TrackingPolicy:
+def _batch_tracking(domain: str, ceiling: TrackingPolicy, stated: StatedPolicy | None) -> TrackingPolicy:
     """The batch's policy: the domain's ceiling narrowed by the batch's; above it is a 400."""
-    ceiling = await _tracking_ceiling(ctx, domain)
     try:
         check_within_ceiling(ceiling, stated, "tracking")
     except TrackingPolicyError as exc:
@@ -251,10 +253,9 @@ def _unsubscribe_fields(content: BatchContent) -> frozenset[str]:
 
 
 async def _deliverable(
-    ctx: AppContext, domain: str, tracking: TrackingPolicy, recipients: list[Recipient]
+    ctx: AppContext, domain: str, ceiling: TrackingPolicy, recipients: list[Recipient]
 ) -> tuple[list[Recipient], list[Rejection]]:
     """The recipients to send to, and those refused: suppressed, or tracking above the ceiling."""
-    ceiling = await _tracking_ceiling(ctx, domain)
     suppressed = await ctx.events.suppressed(domain, [r.email for r in recipients])
     accepted: list[Recipient] = []
     refused: list[Rejection] = []

@@ -1007,28 +1007,21 @@ def _response(code: int | None, message: str | None) -> Response | None:
 
 
 def _latest_attempt(row: Row[Any]) -> AttemptRecord | None:
-    if row.attempt_number is None:
-        return None
-    return AttemptRecord(
-        number=row.attempt_number,
-        started_at=row.attempt_started_at,
-        finished_at=row.attempt_finished_at,
-        mail=_response(row.attempt_mail_code, row.attempt_mail_message),
-        rcpt=_response(row.attempt_rcpt_code, row.attempt_rcpt_message),
-        data=_response(row.attempt_data_code, row.attempt_data_message),
-        remote_host=row.attempt_remote_host,
-    )
+    """The attempt columns _LOAD joins in (labelled attempt_*), if there is an attempt."""
+    return None if row.attempt_number is None else _attempt(row, "attempt_")
 
 
-def _attempt(row: Row[Any]) -> AttemptRecord:
+def _attempt(row: Row[Any], prefix: str = "") -> AttemptRecord:
+    """An attempts row, or its columns under `prefix` in a wider row."""
+    column = row._mapping
     return AttemptRecord(
-        number=row.number,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        mail=_response(row.mail_code, row.mail_message),
-        rcpt=_response(row.rcpt_code, row.rcpt_message),
-        data=_response(row.data_code, row.data_message),
-        remote_host=row.remote_host,
+        number=column[f"{prefix}number"],
+        started_at=column[f"{prefix}started_at"],
+        finished_at=column[f"{prefix}finished_at"],
+        mail=_response(column[f"{prefix}mail_code"], column[f"{prefix}mail_message"]),
+        rcpt=_response(column[f"{prefix}rcpt_code"], column[f"{prefix}rcpt_message"]),
+        data=_response(column[f"{prefix}data_code"], column[f"{prefix}data_message"]),
+        remote_host=column[f"{prefix}remote_host"],
     )
 
 
