@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from mailnode.config import Config, HostPort, config_from_dict, load_config
+from mailnode.config import Config, DeliveryConfig, HostPort, config_from_dict, load_config
 from mailnode.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,3 +85,97 @@ def test_a_file_that_is_not_toml_is_refused(tmp_path: Path) -> None:
         load_config(path)
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_every_problem_of_a_file_is_named_at_once(tmp_path: Path) -> None:
+    """Must-show 2 of issue 6: a typo'd key, a wrong type and a port out of range, all named."""
+    path = tmp_path / "mailnode.toml"
+    path.write_text(
+        '[delivery]\nconcurency = 4\nport = "25"\n[http]\nlisten = "127.0.0.1:70000"\n'
+        '[[ingress.routes]]\ndomain = "a.example"\nendpoint = "smtp:x"\n'
+        '[[ingress.routes]]\ndomain = "b example"\n'
+    )
+    with pytest.raises(ConfigError) as error:
+        load_config(path, environ={})
+    assert error.value.problems == (
+        "delivery.concurency: unknown key (known keys: " + _known(DeliveryConfig) + ")",
+        "delivery.port: expected int, got a string",
+        "http.listen: port 70000 is out of range 0-65535",
+        "ingress.routes[0].endpoint: expected host:port, got 'x' (expected smtp:host:port; "
+        "unix sockets are not supported yet)",
+        'ingress.routes[1].domain: expected a domain ("example.com"), a wildcard ("*.example.com"), or "*"',
+    )
+
+
+def _known(cls: type) -> str:
+    return ", ".join(sorted(f.name for f in dataclasses.fields(cls)))
+
+
+TOKEN = "t" * 32
+
+
+@pytest.mark.parametrize(
+    ("toml", "environ", "expected"),
+    [
+        (f'[admin]\ntoken = "{TOKEN}"\n', {}, TOKEN),
+        ("", {"MAILNODE_ADMIN_TOKEN": TOKEN}, TOKEN),
+        ('[admin]\ntoken_file = "{dir}/token"\n', {}, TOKEN),
+        ("", {}, ""),
+    ],
+    ids=["in the file", "from the environment", "from token_file", "none"],
+)
+def test_the_admin_token_comes_from_one_of_three_places(
+    tmp_path: Path, toml: str, environ: dict[str, str], expected: str
+) -> None:
+    (tmp_path / "token").write_text(f"  {TOKEN}\n")
+    path = tmp_path / "mailnode.toml"
+    path.write_text(toml.format(dir=tmp_path))
+    assert load_config(path, environ=environ).admin_token() == expected
+
+
+def test_a_smarthost_password_comes_from_its_file_or_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "password").write_text("s3cret\n")
+    path = tmp_path / "mailnode.toml"
+    path.write_text(f'[delivery]\nsmarthost_password_file = "{tmp_path}/password"\n')
+    assert load_config(path, environ={}).delivery.smarthost_password == "s3cret"
+    path.write_text("")
+    environ = {"MAILNODE_DELIVERY_SMARTHOST_PASSWORD": "from-env"}
+    assert load_config(path, environ=environ).delivery.smarthost_password == "from-env"
+    assert load_config(None, environ=environ).delivery.smarthost_password == "from-env"
+
+
+@pytest.mark.parametrize(
+    ("toml", "environ", "problem"),
+    [
+        (
+            f'[admin]\ntoken = "{TOKEN}"\n',
+            {"MAILNODE_ADMIN_TOKEN": TOKEN},
+            "admin.token: given in admin.token and $MAILNODE_ADMIN_TOKEN; keep one",
+        ),
+        (
+            f'[admin]\ntoken = "{TOKEN}"\ntoken_file = "{{dir}}/token"\n',
+            {},
+            "admin.token: given in admin.token and admin.token_file; keep one",
+        ),
+        ('[admin]\ntoken_file = "{dir}/missing"\n', {}, "admin.token_file: cannot read {dir}/missing: "),
+        ('[admin]\ntoken_file = "{dir}/empty"\n', {}, "admin.token_file: {dir}/empty is empty"),
+        ("", {"MAILNODE_ADMIN_TOKEN": "short"}, "admin.token: too short to be secret"),
+    ],
+)
+def test_a_secret_given_twice_or_unreadable_is_refused(
+    tmp_path: Path, toml: str, environ: dict[str, str], problem: str
+) -> None:
+    (tmp_path / "token").write_text(TOKEN)
+    (tmp_path / "empty").write_text("\n")
+    path = tmp_path / "mailnode.toml"
+    path.write_text(toml.format(dir=tmp_path))
+    with pytest.raises(ConfigError) as error:
+        load_config(path, environ=environ)
+    assert len(error.value.problems) == 1
+    assert error.value.problems[0].startswith(problem.format(dir=tmp_path))
+
+
+def test_tests_building_configs_do_not_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAILNODE_ADMIN_TOKEN", TOKEN)
+    assert config_from_dict({}).admin_token() == ""
+    assert load_config(None).admin_token() == TOKEN  # the process does

@@ -1,7 +1,9 @@
 """Configuration: one TOML file, validated into frozen dataclasses before anything starts.
 
 The dataclasses below are the schema. `load_config` walks them against the parsed TOML and
-refuses unknown keys, wrong types and bad values with `key.path: reason`. With no file,
+refuses unknown keys, wrong types and bad values with `key.path: reason`, every problem of the
+file at once. Secrets (SECRETS) may instead come from a `<key>_file` or the environment
+(`MAILNODE_ADMIN_TOKEN`), so the file itself can be world-readable. With no file,
 `Config()` is the embedded developer default: SQLite under ./mailnode-data, HTTP on
 127.0.0.1:8025 and delivery to the local capture store, so nothing leaves the machine.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import tomllib
 import types
 import typing
@@ -103,7 +106,9 @@ class DeliveryConfig:
     mode: Literal["mx", "smarthost", "capture"] = "capture"
     smarthost: HostPort | None = None
     smarthost_username: str | None = None
+    # A secret: or smarthost_password_file, or $MAILNODE_DELIVERY_SMARTHOST_PASSWORD.
     smarthost_password: str | None = None
+    smarthost_password_file: str = ""
     # The SMTP port of MX hosts: 25 on the Internet; tests point it at a loopback sink.
     port: int = field(default=25, metadata=_check(lambda p: None if 0 < p < 65536 else "1-65535"))
     concurrency: int = field(default=64, metadata=_check(_at_least_one))
@@ -316,7 +321,8 @@ class AdminConfig:
     """The operator token that admin routes (/v1/domains and their keys) require."""
 
     # Empty: admin routes refuse everyone. `mailnode init` writes a random one; the developer
-    # default keeps one in its data directory. token_file: read the token from this file.
+    # default keeps one in its data directory. A secret: or token_file (read the token from
+    # this file), or $MAILNODE_ADMIN_TOKEN.
     token: str = ""
     token_file: str = ""
 
@@ -422,9 +428,7 @@ class Config:
         return self.tracking.base_url or f"http://{self.http.listen}"
 
     def admin_token(self) -> str:
-        """The operator token: from [admin] token, or the file token_file names ("" = none)."""
-        if self.admin.token_file:
-            return Path(self.admin.token_file).read_text(encoding="utf-8").strip()
+        """The operator token ("" = none): loading resolved token_file and the environment."""
         return self.admin.token
 
     def sender(self, name: str) -> SenderConfig | None:
@@ -438,52 +442,110 @@ class Config:
         return (profile.retry_policy or self.retry).policy()
 
 
-def load_config(path: Path | None) -> Config:
-    """Read and validate a TOML file; None gives the embedded developer default."""
+# The keys whose value is a secret: (table, key). Each may be given in the file, in the file
+# that `<key>_file` names (one line; surrounding whitespace dropped), or in the environment as
+# MAILNODE_<TABLE>_<KEY>; more than one of them is an error rather than a silent precedence.
+SECRETS: tuple[tuple[str, str], ...] = (("admin", "token"), ("delivery", "smarthost_password"))
+
+
+def secret_env_var(table: str, key: str) -> str:
+    return f"MAILNODE_{table}_{key}".upper()
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a TOML file; None gives the embedded developer default.
+
+    Secrets are resolved from `environ` (the process environment unless given).
+    """
+    environ = os.environ if environ is None else environ
     if path is None:
-        return Config()
+        return _finish(Config(), environ)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return config_from_dict(data)
+    return config_from_dict(data, environ)
 
 
-def config_from_dict(data: Mapping[str, Any]) -> Config:
-    """Validate already-parsed TOML (also used by tests to build configs)."""
+def config_from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
+    """Validate already-parsed TOML (also used by tests to build configs).
+
+    Secrets come from the file and `*_file` keys only, unless an `environ` is given.
+    """
     config: Config = _build(Config, data, "")
-    _check_cross_fields(config)
+    return _finish(config, environ or {})
+
+
+def _finish(config: Config, environ: Mapping[str, str]) -> Config:
+    problems: list[str] = []
+    config = _resolve_secrets(config, environ, problems)
+    problems.extend(_cross_field_problems(config))
+    if problems:
+        raise ConfigError(*problems)
     return config
 
 
-def _check_cross_fields(config: Config) -> None:
+def _resolve_secrets(config: Config, environ: Mapping[str, str], problems: list[str]) -> Config:
+    """Each secret's value from the one place it was given; `problems` says what went wrong."""
+    for table_name, key in SECRETS:
+        table = getattr(config, table_name)
+        path = f"{table_name}.{key}"
+        var = secret_env_var(table_name, key)
+        file_name = getattr(table, f"{key}_file")
+        given = {
+            path: getattr(table, key) or None,
+            f"{path}_file": file_name or None,
+            f"${var}": environ.get(var) or None,
+        }
+        sources = [where for where, value in given.items() if value is not None]
+        if len(sources) > 1:
+            problems.append(f"{path}: given in {' and '.join(sources)}; keep one")
+            continue
+        value = given[path] or given[f"${var}"]
+        if file_name:
+            try:
+                value = Path(file_name).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                problems.append(f"{path}_file: cannot read {file_name}: {exc.strerror}")
+                continue
+            except UnicodeDecodeError:
+                problems.append(f"{path}_file: {file_name} is not UTF-8 text")
+                continue
+            if not value:
+                problems.append(f"{path}_file: {file_name} is empty")
+                continue
+        table = dataclasses.replace(table, **{key: value if value is not None else getattr(table, key)})
+        config = dataclasses.replace(config, **{table_name: table})
+    return config
+
+
+def _cross_field_problems(config: Config) -> list[str]:
+    problems = []
     delivery = config.delivery
     if delivery.mode == "smarthost" and delivery.smarthost is None:
-        raise ConfigError('delivery.smarthost: required when delivery.mode = "smarthost"')
+        problems.append('delivery.smarthost: required when delivery.mode = "smarthost"')
     for i, route in enumerate(config.ingress.routes):
         if route.domain == "*" and route.endpoint != "capture":
-            raise ConfigError(
+            problems.append(
                 f'ingress.routes[{i}].domain: "*" would make mailnode an open relay; '
                 'it is allowed only with endpoint = "capture"'
             )
-    if config.admin.token and config.admin.token_file:
-        raise ConfigError("admin: set token or token_file, not both")
-    if config.admin.token_file and not Path(config.admin.token_file).is_file():
-        raise ConfigError(f"admin.token_file: no such file: {config.admin.token_file}")
     if config.admin_token() and len(config.admin_token()) < 24:
-        raise ConfigError("admin.token: too short to be secret; use at least 24 random characters")
+        problems.append("admin.token: too short to be secret; use at least 24 random characters")
     if bool(config.tls.cert_file) != bool(config.tls.key_file):
-        raise ConfigError("tls: set both cert_file and key_file, or neither")
+        problems.append("tls: set both cert_file and key_file, or neither")
     if "bounce" not in config.senders:
-        raise ConfigError("senders.bounce: the profile used for DSNs must exist")
+        problems.append("senders.bounce: the profile used for DSNs must exist")
     for domain, dkim in config.dkim.items():
         if not Path(dkim.key_file).is_file():
-            raise ConfigError(f"dkim.{domain}.key_file: no such file: {dkim.key_file}")
+            problems.append(f"dkim.{domain}.key_file: no such file: {dkim.key_file}")
+            continue
         problem = _dkim_key_problem(Path(dkim.key_file))
         if problem:
-            raise ConfigError(f"dkim.{domain}.key_file: {problem}")
+            problems.append(f"dkim.{domain}.key_file: {problem}")
+    return problems
 
 
 def _dkim_key_problem(path: Path) -> str | None:
@@ -504,21 +566,30 @@ def _join(path: str, key: str) -> str:
 
 
 def _build(cls: type[Any], data: Any, path: str) -> Any:
+    """The dataclass `cls` from a TOML table; ConfigError lists every problem found in it."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path or '(top level)'}: expected a table, got {_kind(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        known = ", ".join(sorted(fields))
-        raise ConfigError(f"{_join(path, unknown[0])}: unknown key (known keys: {known})")
+    problems: list[str] = []
+    known = ", ".join(sorted(fields))
+    for name in sorted(set(data) - set(fields)):
+        problems.append(f"{_join(path, name)}: unknown key (known keys: {known})")
     values = {}
     for name, value in data.items():
+        if name not in fields:
+            continue
         key_path = _join(path, name)
-        values[name] = _convert(hints[name], value, key_path)
+        try:
+            values[name] = _convert(hints[name], value, key_path)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
         problem = fields[name].metadata.get("check", lambda _: None)(values[name])
         if problem:
-            raise ConfigError(f"{key_path}: {problem}")
+            problems.append(f"{key_path}: {problem}")
+    if problems:
+        raise ConfigError(*problems)
     if cls is Config and "senders" in values:
         values["senders"] = {**_default_senders(), **values["senders"]}
     try:
@@ -540,11 +611,13 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
     if origin is tuple:
         if not isinstance(value, list):
             raise ConfigError(f"{path}: expected a list, got {_kind(value)}")
-        return tuple(_convert(args[0], item, f"{path}[{i}]") for i, item in enumerate(value))
+        items = _convert_each(args[0], {f"{path}[{i}]": item for i, item in enumerate(value)})
+        return tuple(items.values())
     if origin in (Mapping, dict):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: expected a table, got {_kind(value)}")
-        return {key: _convert(args[1], item, _join(path, key)) for key, item in value.items()}
+        converted = _convert_each(args[1], {_join(path, key): item for key, item in value.items()})
+        return dict(zip(value, converted.values(), strict=True))
     if hint is HostPort:
         try:
             return HostPort.parse(_expect(str, value, path))
@@ -555,6 +628,23 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return _expect(hint, value, path)
+
+
+def _convert_each(
+    hint: Any,
+    items: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Convert every item (keyed by its path), reporting the problems of all of them."""
+    problems: list[str] = []
+    converted = {}
+    for path, item in items.items():
+        try:
+            converted[path] = _convert(hint, item, path)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(*problems)
+    return converted
 
 
 def _expect(kind: type[Any], value: Any, path: str) -> Any:

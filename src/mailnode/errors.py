@@ -10,7 +10,11 @@ class MailnodeError(Exception):
 
 
 class ConfigError(MailnodeError):
-    """The configuration is invalid; the message names the key path and the reason."""
+    """The configuration is invalid: each problem names the key path and the reason."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("; ".join(problems))
+        self.problems: tuple[str, ...] = problems
 
 
 class StorageError(MailnodeError):
