@@ -17,6 +17,7 @@ import ipaddress
 import itertools
 import logging
 import os
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -54,6 +55,8 @@ AUTH_UNAVAILABLE = "503 5.5.1 AUTH is not available on this port"
 AUTH_TEMPORARY_FAILURE = "454 4.7.0 temporary authentication failure, try again later"
 AUTH_BANNED = "421 4.7.0 too many failed authentication attempts, try again later"
 RELAYING_DENIED = "550 5.7.1 relaying denied"
+# Characters a reply must never carry: controls other than tab, DEL, C1 controls, surrogates.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\ud800-\udfff]")
 TOO_MANY_RECIPIENTS = "452 4.5.3 too many recipients"
 # A client may try this many times max_recipients RCPTs per transaction (refused ones
 # included): each one creates a delivery, so refused recipients must be bounded too.
@@ -401,6 +404,8 @@ class _Session(SMTP):
         if isinstance(status, str) and not isinstance(status, _Reply) and self._greeted:
             status = self._with_enhanced_status(status)
         self._greeted = True
+        if isinstance(status, str):
+            status = _printable_reply(status)
         await super().push(status)
 
     def _with_enhanced_status(self, text: str) -> str:
@@ -661,6 +666,16 @@ async def _check_peer(server: _Session, checker: PeerChecker) -> str | None:
     if refusal is not None:
         log.info("smtp session=%s refused by peer checks: %s", server.name, refusal)
     return refusal
+
+
+def _printable_reply(text: str) -> str:
+    """A reply that may quote the client (aiosmtpd's "command ... not recognized"), made safe.
+
+    RFC 5321 §4.2: reply text is printable; a CR, NUL or escape sequence echoed back would
+    break the client's framing or its terminal, and a lone surrogate (from undecodable bytes)
+    would not even encode.
+    """
+    return "\r\n".join(_UNPRINTABLE.sub("?", line) for line in text.split("\r\n"))
 
 
 def split_path(arg: str) -> tuple[str | None, str | None]:
