@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import aiosmtplib
 import pytest
 
 from mailnode.systemd import Notifier, socket_address, watchdog_interval
@@ -241,6 +242,63 @@ async def test_serve_pings_the_watchdog(
     states = await serve.states_until("READY")
     states += [await serve.next_state(timeout=2) for _ in range(2)]  # a ping every 0.1 s
     assert sum(state == {"WATCHDOG": "1"} for state in states) >= 2, states
+    assert await serve.terminate() == 0
+
+
+# -- SIGHUP: reload what can change while running --------------------------------------------------
+
+
+async def _ingress_rcpt(address: str, recipient: str) -> int:
+    """The ingress listener's answer to RCPT TO:<recipient> (a new session each time)."""
+    host, _, port = address.rpartition(":")
+    client = aiosmtplib.SMTP(hostname=host, port=int(port), timeout=10, start_tls=False)
+    await client.connect()
+    try:
+        await client.mail("sender@elsewhere.example")
+        code, _ = await client.rcpt(recipient)
+        return code
+    except aiosmtplib.SMTPRecipientRefused as exc:
+        return exc.code
+    finally:
+        await client.quit()
+
+
+async def test_sighup_applies_new_routes_and_names_what_needs_a_restart(
+    tmp_path: Path, sink: Sink, supervise: Callable[..., Awaitable[Supervised]]
+) -> None:
+    """Issue 6: SIGHUP reloads routes, limits and the log level, logs what changed and what
+    needs a restart; a broken file is refused and the service keeps running on the old one."""
+    routes = '[[ingress.routes]]\ndomain = "a.test"\n'
+    config = serve_config(tmp_path, sink.port, routes)
+    serve = await supervise(config)
+    await serve.states_until("READY")
+    ingress = serve.printed("SMTP ingress")
+    assert await _ingress_rcpt(ingress, "x@a.test") == 250
+    assert await _ingress_rcpt(ingress, "x@b.test") == 550  # not routed: relaying denied
+
+    routes += '[[ingress.routes]]\ndomain = "b.test"\n'
+    text = serve_config(tmp_path, sink.port, routes).read_text()
+    # [http] listen comes first: a listener's address needs a restart.
+    config.write_text(
+        'log_level = "debug"\n' + text.replace('listen = "127.0.0.1:0"', 'listen = "127.0.0.1:1"', 1)
+    )
+    serve.process.send_signal(signal.SIGHUP)
+    states = await serve.states_until("READY")
+    assert states[0]["RELOADING"] == "1" and int(states[0]["MONOTONIC_USEC"]) > 0
+    assert await _ingress_rcpt(ingress, "x@b.test") == 250
+    log_text = serve.stderr.read_text()
+    assert "config reloaded: applied=log_level,ingress.routes needs_restart=http.listen" in log_text
+    assert "restart mailnode to apply: http.listen" in log_text
+
+    config.write_text(
+        text.replace("poll_interval_seconds = 0.1", "poll_interval_seconds = 0.1\nconcurency = 4")
+    )
+    serve.process.send_signal(signal.SIGHUP)
+    await serve.states_until("READY")
+    log_text = serve.stderr.read_text()
+    assert "config reload refused, still running on the previous config: " in log_text
+    assert "delivery.concurency: unknown key" in log_text
+    assert await _ingress_rcpt(ingress, "x@b.test") == 250
     assert await serve.terminate() == 0
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from mailnode.api.app import create_app
 from mailnode.api.context import AppContext
 from mailnode.bus import Bus
-from mailnode.config import Config
+from mailnode.config import Config, IngressRoute
 from mailnode.core.dkim_keys import canonical_domain
 from mailnode.errors import MailnodeError
 from mailnode.platform.bounces import BounceEndpoint, BounceHandler
@@ -31,7 +31,8 @@ from mailnode.platform.event_outbox import OutboxWorker
 from mailnode.platform.link_tracking import MessageTracker
 from mailnode.platform.renderer import BatchRenderer
 from mailnode.platform.webhooks import WebhookWorker
-from mailnode.router.endpoints import build_endpoint, endpoint_from_spec
+from mailnode.reload import Reload, plan_reload
+from mailnode.router.endpoints import Endpoint, build_endpoint, endpoint_from_spec
 from mailnode.router.exploder import Exploder
 from mailnode.router.filters import Router, build_chains, load_dkim_keys
 from mailnode.router.output_handler import OutputHandler, OutputSettings
@@ -76,6 +77,7 @@ class Service:
         self._runner: web.AppRunner | None = None
         self._tasks = TaskSet("service")
         self._router: Router | None = None
+        self._endpoints: dict[str, Endpoint] = {}  # ingress routes' endpoints by spec
         self.bus = Bus()
         self.webhook_worker: WebhookWorker | None = None
         self.engagement: EngagementRecorder | None = None
@@ -168,14 +170,7 @@ class Service:
         config = self.config
         nameservers = [(ns.host, ns.port or 53) for ns in config.dns.nameservers]
         resolver = MxResolver(nameservers, timeout=config.dns.timeout_seconds)
-        routes = [
-            (route, endpoint_from_spec(route.endpoint, config, store)) for route in config.ingress.routes
-        ]
-        copies = {
-            route: endpoint_from_spec(route.copy_to, config, store)
-            for route in config.ingress.routes
-            if route.copy_to
-        }
+        routes, copies = self._ingress_endpoints(config, store)
         bounces = BounceHandler(
             store, self.events, bounce_domain=config.bounce_domain, verp_keys=lambda: self.verp_keys.keys
         )
@@ -202,7 +197,7 @@ class Service:
         return OutputHandler(
             store,
             chains,
-            config.retry_policy,
+            lambda sender: self.config.retry_policy(sender),  # [retry] may change on reload
             settings,
             new_message_id=lambda: f"{secrets.token_hex(12)}@{config.hostname}",
             renderer=BatchRenderer(
@@ -211,6 +206,48 @@ class Service:
                 tracker=MessageTracker(self.tracking_keys, self._tracking_base_url, self.random_bytes),
             ),
         )
+
+    def _ingress_endpoints(
+        self, config: Config, store: Store
+    ) -> tuple[list[tuple[IngressRoute, Endpoint]], dict[IngressRoute, Endpoint]]:
+        """The endpoint of each `[[ingress.routes]]` entry and of its copy_to, one per spec.
+
+        A reload keeps the endpoint (and its open connections) of a spec it already had.
+        """
+        previous, self._endpoints = self._endpoints, {}
+
+        def endpoint(spec: str) -> Endpoint:
+            if spec not in self._endpoints:
+                self._endpoints[spec] = previous.get(spec) or endpoint_from_spec(spec, config, store)
+            return self._endpoints[spec]
+
+        routes = [(route, endpoint(route.endpoint)) for route in config.ingress.routes]
+        copies = {route: endpoint(route.copy_to) for route in config.ingress.routes if route.copy_to}
+        return routes, copies
+
+    def reload(self, wanted: Config) -> Reload:
+        """Apply what can change while running (reload.LIVE) and log what needs a restart.
+
+        Routes, SMTP limits and timeouts, the delivery concurrency, the retry schedule, the
+        housekeeping periods and the log level take effect for what starts from now on.
+        """
+        result = plan_reload(self.config, wanted)
+        config = self.config = result.config
+        applied = set(result.applied)
+        if "log_level" in applied:
+            logging.getLogger().setLevel(config.log_level.upper())
+        if self.smtp is not None:
+            self.smtp.config = config  # read per session and per command
+        if self.exploder is not None:
+            self.exploder.reconfigure(config)
+        if self.output is not None:
+            self.output.set_concurrency(config.delivery.concurrency)
+        if "ingress.routes" in applied and self._router is not None and self.store is not None:
+            self._router.reroute(*self._ingress_endpoints(config, self.store))
+        log.info(result.summary())
+        if result.needs_restart:
+            log.warning("restart mailnode to apply: %s", ", ".join(result.needs_restart))
+        return result
 
     def _tracking_base_url(self) -> str:
         """Where tracking links point: [tracking] base_url, else the HTTP listener's address.

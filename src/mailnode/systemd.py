@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
@@ -65,6 +66,11 @@ class Notifier:
     def ready(self, status: str) -> None:
         """Startup is complete: every listener is bound (systemd then starts dependent units)."""
         self.notify(f"READY=1\nSTATUS={_one_line(status)}\nMAINPID={self.pid}")
+
+    def reloading(self) -> None:
+        """A reload (SIGHUP) has begun; `ready` again once it is done (systemctl reload waits)."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.notify(f"RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading the config")
 
     def stopping(self) -> None:
         """Shutdown has begun (systemctl shows "deactivating" until the process exits)."""

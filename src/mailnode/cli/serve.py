@@ -17,8 +17,11 @@ from mailnode import __version__
 from mailnode.cli.common import CONFIG_HELP, config_path, fail_cleanly, run
 from mailnode.cli.keys import create_key
 from mailnode.config import Config, load_config
+from mailnode.errors import ConfigError
 from mailnode.service import Service, data_dir
 from mailnode.systemd import Notifier
+
+log = logging.getLogger(__name__)
 
 DEV_KEY_FILE = "dev-api-key"
 DEV_ADMIN_FILE = "admin-token"  # the developer default's operator token
@@ -45,10 +48,11 @@ def serve(config_file: str | None) -> None:
     path = config_path(config_file)
     config = load_config(path)
     _setup_logging(config.log_level)
-    run(_serve(config, dev_default=path is None))
+    run(_serve(config, path))
 
 
-async def _serve(config: Config, *, dev_default: bool) -> None:
+async def _serve(config: Config, path: Path | None) -> None:
+    dev_default = path is None
     stop = asyncio.Event()
     notifier = Notifier.from_environ(os.environ, pid=os.getpid())
 
@@ -86,8 +90,23 @@ async def _serve(config: Config, *, dev_default: bool) -> None:
         listening = [f"HTTP {service.base_url}"] + [f"SMTP {n} {h}:{p}" for n, (h, p) in smtp.items()]
         notifier.ready(status="listening: " + ", ".join(listening))  # on_ready: every listener is bound
 
+    service = Service(config)
+
+    def reload() -> None:
+        """SIGHUP: read the file again and apply what can change while running."""
+        if path is None:
+            log.warning("SIGHUP ignored: running on the embedded default, there is no file to reload")
+            return
+        notifier.reloading()
+        try:
+            service.reload(load_config(path))
+        except ConfigError as exc:
+            log.error("config reload refused, still running on the previous config: %s", exc)
+        notifier.ready(status="reloaded")
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     async with notifier.watchdog():
-        await Service(config).run(stop, on_ready=ready)
+        await service.run(stop, on_ready=ready)
 
 
 def _dev_key_path(config: Config) -> Path:

@@ -75,8 +75,13 @@ class Exploder:
         self._store, self._output, self._session_id = store, output, session_id
         self._checker = checker
         self._authserv_id = config.smtp_hostname
-        self._routes = config.ingress.routes
         self._lease_seconds = config.delivery.lease_seconds
+        self._profiles = {mode: config.senders[mode.value] for mode in Mode}
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """Take routes and timeouts from `config` (a reload); transactions begun keep theirs."""
+        self._routes = config.ingress.routes
         smtp = config.smtp
         session = 2 * smtp.command_timeout_seconds
         self._timeouts = {
@@ -87,7 +92,6 @@ class Exploder:
                 smtp.ingress.rcpt_timeout_seconds, smtp.ingress.data_timeout_seconds, session
             ),
         }
-        self._profiles = {mode: config.senders[mode.value] for mode in Mode}
 
     def begin(
         self,

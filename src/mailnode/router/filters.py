@@ -219,10 +219,28 @@ class Router:
         self._copies = dict(copies or {})
         # (the bounce domain, the bounce handler): ahead of every route, "*" included.
         self._bounces = bounces
+        self._retired: list[Endpoint] = []  # replaced by a reload; closed with the router
+
+    def reroute(
+        self,
+        ingress_routes: Sequence[tuple[IngressRoute, Endpoint]],
+        copies: Mapping[IngressRoute, Endpoint],
+    ) -> None:
+        """New `[[ingress.routes]]` (a reload): deliveries routed from now on follow them.
+
+        An endpoint no longer routed to may still be in use by a running attempt, so it is
+        closed with the router, not now.
+        """
+        before = [*self._by_spec.values(), *self._copies.values()]
+        self._routes = list(ingress_routes)
+        self._by_spec = {route: endpoint for route, endpoint in self._routes}
+        self._copies = dict(copies)
+        kept = {id(e) for e in (*self._by_spec.values(), *self._copies.values())}
+        self._retired.extend(e for e in before if id(e) not in kept)
 
     async def close(self) -> None:
         """Release what endpoints hold open (an HTTP receiver's connection pool)."""
-        endpoints = [self._default, *self._by_spec.values(), *self._copies.values()]
+        endpoints = [self._default, *self._by_spec.values(), *self._copies.values(), *self._retired]
         for endpoint in {id(e): e for e in endpoints}.values():
             close = getattr(endpoint, "close", None)
             if close is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import functools
 import logging
@@ -92,6 +93,11 @@ class OutputHandler:
     @property
     def in_flight(self) -> int:
         return len(self._running)
+
+    def set_concurrency(self, concurrency: int) -> None:
+        """At most this many attempts at once from now on (a reload); running ones finish."""
+        self._settings = dataclasses.replace(self._settings, concurrency=concurrency)
+        self._wake.set()
 
     async def run(self) -> None:
         """Claim and start due deliveries until stop() is called."""
