@@ -6,6 +6,7 @@ import click
 
 from mailnode import __version__
 from mailnode.cli.capture import capture
+from mailnode.cli.doctor import doctor
 from mailnode.cli.domains import domain
 from mailnode.cli.keys import key
 from mailnode.cli.send import send
@@ -37,6 +38,7 @@ cli.add_command(domain)
 cli.add_command(template)
 cli.add_command(send)
 cli.add_command(capture)
+cli.add_command(doctor)
 
 
 def main() -> None:
