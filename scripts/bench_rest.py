@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,9 +45,9 @@ try:
     from benchlib.load import CpuMeter, run_workers
     from benchlib.mailnode import MailnodeProcess, base_config, create_api_key, running_mailnode
     from benchlib.messages import rfc822_message
-    from benchlib.report import environment, write_report
-    from benchlib.sink import Arrivals, SinkProcess
-    from benchlib.stats import Spread, percentile
+    from benchlib.report import environment, print_spreads, write_report
+    from benchlib.sink import Arrivals, SinkProcess, loopback_sink
+    from benchlib.stats import Spread, percentile, summarize
 except ModuleNotFoundError:
     reexec_under_project_venv(__file__)
 
@@ -278,8 +277,8 @@ def print_run(run: int, result: RunResult) -> None:
     print(f"       CPU ms per message: reference [{ref_cpu}]; mailnode [{cpu}]", flush=True)
 
 
-def summarize(results: list[RunResult]) -> dict[str, Spread]:
-    figures: dict[str, Callable[[RunResult], float]] = {
+def summary_of(results: list[RunResult]) -> dict[str, Spread]:
+    figures: dict[str, Callable[[RunResult], float | None]] = {
         "reference msg/s": lambda r: r.reference.rate,
         "mailnode tx/s": lambda r: r.mailnode.rate,
         "ratio (target >= 0.5)": lambda r: r.ratio,
@@ -290,13 +289,12 @@ def summarize(results: list[RunResult]) -> dict[str, Spread]:
         "reference p50 ms": lambda r: r.reference.latency_p50_ms,
         "reference p99 ms": lambda r: r.reference.latency_p99_ms,
     }
-    summary = {name: Spread.of([figure(r) for r in results]) for name, figure in figures.items()}
     for phase in ("reference", "mailnode"):
         for process in ("bench client", "sink", "mailnode"):
-            values = [getattr(r, phase).cpu_ms_per_message.get(process) for r in results]
-            if values and all(v is not None for v in values):
-                summary[f"{phase}: {process} CPU ms/msg"] = Spread.of(values)
-    return summary
+            figures[f"{phase}: {process} CPU ms/msg"] = lambda r, phase=phase, process=process: getattr(
+                r, phase
+            ).cpu_ms_per_message.get(process)
+    return summarize(figures, results)
 
 
 def print_summary(summary: dict[str, Spread], options: Options) -> None:
@@ -310,13 +308,7 @@ def print_summary(summary: dict[str, Spread], options: Options) -> None:
             "(flood: mailnode latency includes waiting behind the backlog whenever POSTs are accepted "
             "faster than delivered; --closed-loop measures it with C transactions in flight)"
         )
-    width = max(len(name) for name in summary)
-    print(f"{'':{width}}  {'min':>9} {'median':>9} {'max':>9}")
-    for name, spread in summary.items():
-        digits = 2 if "ratio" in name or "CPU" in name else 0
-        print(
-            f"{name:{width}}  {spread.min:9.{digits}f} {spread.median:9.{digits}f} {spread.max:9.{digits}f}"
-        )
+    print_spreads(summary)
 
 
 def write_json(path: Path, options: Options, results: list[RunResult], summary: dict[str, Spread]) -> None:
@@ -334,26 +326,20 @@ def write_json(path: Path, options: Options, results: list[RunResult], summary: 
 # -- main -----------------------------------------------------------------------------------
 
 
+async def measure_runs(options: Options) -> tuple[list[RunResult], dict[str, Spread]]:
+    """Every run, each printed as it ends; the results and their summary."""
+    results: list[RunResult] = []
+    advice = "use a smaller --n or --runs, or a larger --timeout"
+    async with loopback_sink(options.timeout, advice, HOST) as sink:
+        for run in range(1, options.runs + 1):
+            result = await one_run(sink, run, options)
+            print_run(run, result)
+            results.append(result)
+    return results, summary_of(results)
+
+
 async def bench(options: Options) -> None:
-    sink = await SinkProcess.start(HOST)
-    try:
-        results: list[RunResult] = []
-        try:
-            async with asyncio.timeout(options.timeout):
-                for run in range(1, options.runs + 1):
-                    result = await one_run(sink, run, options)
-                    print_run(run, result)
-                    results.append(result)
-        except TimeoutError:
-            raise RuntimeError(
-                f"not done after --timeout {options.timeout:.0f} s (sink: {sink.progress()}); "
-                "use a smaller --n or --runs, or a larger --timeout"
-            ) from None
-        if sink.strays:
-            print(f"warning: the sink got {sink.strays} messages it could not attribute", file=sys.stderr)
-    finally:
-        await sink.stop()
-    summary = summarize(results)
+    results, summary = await measure_runs(options)
     print_summary(summary, options)
     write_json(options.json_path, options, results, summary)
 

@@ -31,15 +31,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import datetime
 import itertools
 import json
 import secrets
-import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,11 +50,11 @@ try:
     from bench_dkim import mailnode_signer, measure
     from benchlib.cli import add_mailnode_arguments, run_benchmark
     from benchlib.load import CpuMeter, run_workers
-    from benchlib.mailnode import MailnodeProcess, base_config, running_mailnode
-    from benchlib.profiler import PySpyRecording
-    from benchlib.report import environment, write_report
-    from benchlib.sink import SinkProcess
-    from benchlib.stats import Spread
+    from benchlib.mailnode import MailnodeProcess, admin_setup, base_config, running_mailnode
+    from benchlib.profiler import profiling
+    from benchlib.report import environment, print_spreads, write_report
+    from benchlib.sink import SinkProcess, loopback_sink
+    from benchlib.stats import Spread, summarize
 
     from mailnode.core.dkim_keys import generate_dkim_key
     from mailnode.core.platform_message import Attachment, Sender, VisibleHeaders, build_platform_message
@@ -231,23 +229,6 @@ bounce = false
     )
 
 
-async def admin_setup(http: aiohttp.ClientSession, node: MailnodeProcess, options: Options) -> str:
-    """Create the domain (DKIM key of --algorithm) and an API key; return the key."""
-    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    body = {"name": DOMAIN, "dkim_algorithm": options.algorithm}
-    async with http.post(f"{node.url}/v1/domains", json=body, headers=admin) as response:
-        if response.status != 201:
-            raise RuntimeError(f"POST /v1/domains answered {response.status}: {await response.text()}")
-    async with http.post(
-        f"{node.url}/v1/domains/{DOMAIN}/keys", json={"name": "bench"}, headers=admin
-    ) as response:
-        if response.status != 201:
-            raise RuntimeError(
-                f"POST /v1/domains/{DOMAIN}/keys answered {response.status}: {await response.text()}"
-            )
-        return str((await response.json())["key"])
-
-
 async def send_phase(
     http: aiohttp.ClientSession, node: MailnodeProcess, sink: SinkProcess, tag: str, body: dict[str, Any]
 ) -> tuple[float, float, dict[str, float | None]]:
@@ -354,21 +335,6 @@ def signed(messages: list[bytes], algorithm: str) -> tuple[list[bytes], Callable
     return [sign(message) + message for message in messages], sign
 
 
-@contextlib.asynccontextmanager
-async def profiling(pid: int, output: Path | None) -> AsyncIterator[None]:
-    """Record `pid` with py-spy during the block when `output` is given; then print a summary."""
-    if output is None:
-        yield
-        return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    recording = await PySpyRecording.start(pid, output)
-    try:
-        yield
-    finally:
-        await recording.stop()
-    print(f"py-spy of mailnode during the send:\n{recording.summary()}", flush=True)
-
-
 # -- one run -------------------------------------------------------------------------------------
 
 
@@ -386,7 +352,7 @@ async def one_run(sink: SinkProcess, run: int, options: Options) -> RunResult:
         config = Path(tmp) / "mailnode.toml"
         config.write_text(mailnode_config(Path(tmp), sink, options))
         async with running_mailnode(config) as node, aiohttp.ClientSession() as admin_http:
-            key = await admin_setup(admin_http, node, options)
+            key = await admin_setup(admin_http, node.url, ADMIN_TOKEN, DOMAIN, options.algorithm)
             connector = aiohttp.TCPConnector(limit=options.concurrency)
             async with aiohttp.ClientSession(
                 connector=connector,
@@ -397,7 +363,7 @@ async def one_run(sink: SinkProcess, run: int, options: Options) -> RunResult:
                 await send_phase(http, node, sink, f"r{run}-send-warmup", warmup)
                 tag = f"r{run}-send"
                 profile = options.py_spy / "mailnode-send.txt" if options.py_spy and run == 1 else None
-                async with profiling(node.child.pid, profile):
+                async with profiling(node.child.pid, profile, "mailnode during the send"):
                     seconds_to_202, send_rate, cpu_ms = await send_phase(
                         http, node, sink, tag, send_body(tag, n, options)
                     )
@@ -434,7 +400,7 @@ def print_run(run: int, r: RunResult) -> None:
     )
 
 
-def summarize(results: list[RunResult]) -> dict[str, Spread]:
+def summary_of(results: list[RunResult]) -> dict[str, Spread]:
     figures: dict[str, Callable[[RunResult], float | None]] = {
         "send: time to 202 (ms)": lambda r: r.seconds_to_202 * 1000,
         "send: delivered msg/s": lambda r: r.send_rate,
@@ -446,12 +412,7 @@ def summarize(results: list[RunResult]) -> dict[str, Spread]:
         "ratio send / rest ref": lambda r: r.send_rate / r.rest_rate if r.rest_rate else None,
         "DKIM sig/s (1 core)": lambda r: r.dkim_rate,
     }
-    summary = {}
-    for name, figure in figures.items():
-        values = [figure(r) for r in results]
-        if all(v is not None for v in values):
-            summary[name] = Spread.of([float(v) for v in values if v is not None])
-    return summary
+    return summarize(figures, results)
 
 
 def print_summary(summary: dict[str, Spread], options: Options) -> None:
@@ -460,36 +421,25 @@ def print_summary(summary: dict[str, Spread], options: Options) -> None:
         f"\nN={options.recipients} C={options.concurrency} DKIM {options.algorithm}{attachment}, "
         f"{options.runs} runs, sqlite_synchronous={options.sqlite_synchronous}, log_level={options.log_level}"
     )
-    width = max(len(name) for name in summary)
-    print(f"{'':{width}}  {'min':>9} {'median':>9} {'max':>9}")
-    for name, spread in summary.items():
-        digits = 2 if "ratio" in name or "CPU" in name else 0
-        print(
-            f"{name:{width}}  {spread.min:9.{digits}f} {spread.median:9.{digits}f} {spread.max:9.{digits}f}"
-        )
+    print_spreads(summary)
+
+
+async def measure_runs(options: Options) -> tuple[list[RunResult], dict[str, Spread]]:
+    """Every run, each printed as it ends; the results and their summary."""
+    sample = prebuilt_messages(send_body("sample", 1, options), 1)[0]
+    print(f"one message: {len(sample)} bytes unsigned, from {len(html_template())} bytes of HTML template")
+    results: list[RunResult] = []
+    advice = "use fewer --recipients or --runs, or a larger --timeout"
+    async with loopback_sink(options.timeout, advice, HOST) as sink:
+        for run in range(1, options.runs + 1):
+            result = await one_run(sink, run, options)
+            print_run(run, result)
+            results.append(result)
+    return results, summary_of(results)
 
 
 async def bench(options: Options) -> None:
-    sample = prebuilt_messages(send_body("sample", 1, options), 1)[0]
-    print(f"one message: {len(sample)} bytes unsigned, from {len(html_template())} bytes of HTML template")
-    sink = await SinkProcess.start(HOST)
-    results: list[RunResult] = []
-    try:
-        async with asyncio.timeout(options.timeout):
-            for run in range(1, options.runs + 1):
-                result = await one_run(sink, run, options)
-                print_run(run, result)
-                results.append(result)
-    except TimeoutError:
-        raise RuntimeError(
-            f"not done after --timeout {options.timeout:.0f} s (sink: {sink.progress()}); "
-            "use fewer --recipients or --runs, or a larger --timeout"
-        ) from None
-    finally:
-        await sink.stop()
-    if sink.strays:
-        print(f"warning: the sink got {sink.strays} messages it could not attribute", file=sys.stderr)
-    summary = summarize(results)
+    results, summary = await measure_runs(options)
     print_summary(summary, options)
     if options.json_path is not None:
         document = {

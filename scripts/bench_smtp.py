@@ -39,8 +39,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import socket
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -59,11 +57,11 @@ try:
     from benchlib.load import CpuMeter, run_workers
     from benchlib.mailnode import MailnodeProcess, base_config, create_api_key, running_mailnode
     from benchlib.messages import rfc822_message
-    from benchlib.processes import spawn
-    from benchlib.profiler import PySpyRecording
+    from benchlib.processes import free_port, spawn
+    from benchlib.profiler import profiling
     from benchlib.report import environment, write_report
-    from benchlib.sink import SinkProcess
-    from benchlib.stats import Spread, percentile
+    from benchlib.sink import SinkProcess, loopback_sink
+    from benchlib.stats import Spread, percentile, summarize
 except ModuleNotFoundError:
     reexec_under_project_venv(__file__)
 
@@ -182,13 +180,6 @@ domain = "{INGRESS_DOMAIN}"
 endpoint = "smtp:{sink.host}:{sink.port}"
 """
     )
-
-
-def free_port(host: str = HOST) -> int:
-    """A port free right now (for Postfix, which cannot be told to pick one itself)."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 # -- phases ---------------------------------------------------------------------------------
@@ -318,20 +309,6 @@ async def empty_postfix_queue(relay: postfix.PostfixRelay, notes: list[str]) -> 
     if left:
         notes.append(f"postfix: {left} messages still queued after 30 s; deleted")
         await relay.drop_queue()
-
-
-@contextlib.asynccontextmanager
-async def profiling(pid: int, output: Path | None, what: str) -> AsyncIterator[None]:
-    """Record `pid` with py-spy during the block when `output` is given; then print a summary."""
-    if output is None:
-        yield
-        return
-    recording = await PySpyRecording.start(pid, output)
-    try:
-        yield
-    finally:
-        await recording.stop()
-    print(f"py-spy of {what}:\n{recording.summary()}", flush=True)
 
 
 # -- one run --------------------------------------------------------------------------------
@@ -525,18 +502,9 @@ def _difference(a: float | None, b: float | None) -> float | None:
     return a - b if a is not None and b is not None else None
 
 
-def summarize(results: list[SizeRun], sizes: tuple[int, ...]) -> dict[int, dict[str, Spread]]:
+def summary_of(results: list[SizeRun], sizes: tuple[int, ...]) -> dict[int, dict[str, Spread]]:
     """Per size, each figure's min/median/max over the runs (figures a run lacks are left out)."""
-    summary: dict[int, dict[str, Spread]] = {}
-    for size in sizes:
-        runs = [r for r in results if r.size == size]
-        figures: dict[str, Spread] = {}
-        for name, figure in FIGURES.items():
-            values = [figure(r) for r in runs]
-            if values and all(v is not None for v in values):
-                figures[name] = Spread.of([v for v in values if v is not None])
-        summary[size] = figures
-    return summary
+    return {size: summarize(FIGURES, [r for r in results if r.size == size]) for size in sizes}
 
 
 def print_summary(summary: dict[int, dict[str, Spread]], options: Options) -> None:
@@ -602,30 +570,25 @@ async def postfix_relay(sink: SinkProcess, options: Options) -> AsyncIterator[po
         await relay.stop()
 
 
-async def bench(options: Options) -> None:
+async def measure_runs(options: Options) -> tuple[list[SizeRun], dict[int, dict[str, Spread]]]:
+    """Every run, each size printed as it ends; the results and their summary by size."""
     if options.py_spy is not None:
         options.py_spy.mkdir(parents=True, exist_ok=True)
     results: list[SizeRun] = []
-    sink = await SinkProcess.start(HOST)
-    try:
-        async with (
-            asyncio.timeout(options.timeout),
-            nxdomain_server(HOST) as dns,
-            postfix_relay(sink, options) as relay,
-        ):
-            for run in range(1, options.runs + 1):
-                results += await one_run(sink, relay, dns, run, options)
-            print(f"mailnode asked the loopback DNS server {dns.queries} questions", flush=True)
-    except TimeoutError:
-        raise RuntimeError(
-            f"not done after --timeout {options.timeout:.0f} s (sink: {sink.progress()}); "
-            "use a smaller --n or --runs, or a larger --timeout"
-        ) from None
-    finally:
-        await sink.stop()
-    if sink.strays:
-        print(f"warning: the sink got {sink.strays} messages it could not attribute (DSNs?)", file=sys.stderr)
-    summary = summarize(results, options.sizes)
+    advice = "use a smaller --n or --runs, or a larger --timeout"
+    async with (
+        loopback_sink(options.timeout, advice, HOST) as sink,
+        nxdomain_server(HOST) as dns,
+        postfix_relay(sink, options) as relay,
+    ):
+        for run in range(1, options.runs + 1):
+            results += await one_run(sink, relay, dns, run, options)
+        print(f"mailnode asked the loopback DNS server {dns.queries} questions", flush=True)
+    return results, summary_of(results, options.sizes)
+
+
+async def bench(options: Options) -> None:
+    results, summary = await measure_runs(options)
     print_summary(summary, options)
     write_json(options.json_path, options, results, summary)
 

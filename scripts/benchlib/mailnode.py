@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from benchlib.processes import Child, spawn
 
 _HTTP_URL = re.compile(r"HTTP API:\s+(http://\S+)")
@@ -31,9 +33,12 @@ class MailnodeProcess:
     problems: deque[str] = field(default_factory=lambda: deque(maxlen=20))
 
 
-def base_config(data_dir: Path, host: str, log_level: str, sqlite_synchronous: str) -> str:
+def base_config(
+    data_dir: Path, host: str, log_level: str, sqlite_synchronous: str, http_port: int = 0
+) -> str:
     """The start of a benchmark's mailnode TOML: its top-level settings, SQLite in data_dir and
-    HTTP on a free port of `host`, ending with a newline: the caller appends its own tables."""
+    HTTP on `http_port` (0: a free port) of `host`, ending with a newline: the caller appends
+    its own tables."""
     return f"""
 hostname = "mailnode.bench"
 log_level = "{log_level}"
@@ -41,7 +46,7 @@ log_level = "{log_level}"
 url = "sqlite+aiosqlite:///{data_dir}/mailnode.db"
 sqlite_synchronous = "{sqlite_synchronous}"
 [http]
-listen = "{host}:0"
+listen = "{host}:{http_port}"
 """
 
 
@@ -67,9 +72,32 @@ async def run_cli(*args: str, timeout: float = 60.0) -> str:
 
 
 async def create_api_key(config: Path, name: str = "bench", domain: str | None = None) -> str:
-    """A new API key from `mailnode key create` (for `domain`, when given)."""
+    """A new API key from `mailnode key create`; for `domain`, when given, which
+    `mailnode domain create` makes first (with a DKIM key: its mail is signed, as a user's is)."""
     args = ("key", "create", "--name", name, "--config", str(config))
+    if domain:
+        await run_cli("domain", "create", domain, "--config", str(config))
     return (await run_cli(*args, *(("--domain", domain) if domain else ()))).strip()
+
+
+async def admin_setup(
+    http: aiohttp.ClientSession, base_url: str, admin_token: str, domain: str, algorithm: str
+) -> str:
+    """Over the admin API, as an operator does: create `domain` (DKIM key of `algorithm`) and an
+    API key for it; return the key."""
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    body = {"name": domain, "dkim_algorithm": algorithm}
+    async with http.post(f"{base_url}/v1/domains", json=body, headers=admin) as response:
+        if response.status != 201:
+            raise RuntimeError(f"POST /v1/domains answered {response.status}: {await response.text()}")
+    async with http.post(
+        f"{base_url}/v1/domains/{domain}/keys", json={"name": "bench"}, headers=admin
+    ) as response:
+        if response.status != 201:
+            raise RuntimeError(
+                f"POST /v1/domains/{domain}/keys answered {response.status}: {await response.text()}"
+            )
+        return str((await response.json())["key"])
 
 
 async def start_mailnode(

@@ -8,6 +8,7 @@ import re
 import signal
 import sys
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from benchlib.processes import Child, spawn
@@ -84,3 +85,18 @@ def _short(frame: str) -> str:
     marker = file.rfind("mailnode/")
     short = file[marker:] if marker >= 0 else Path(file).name
     return f"{match.group('function')} ({short})"
+
+
+@contextlib.asynccontextmanager
+async def profiling(pid: int, output: Path | None, what: str) -> AsyncIterator[None]:
+    """Record `pid` with py-spy during the block when `output` is given; then print a summary."""
+    if output is None:
+        yield
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    recording = await PySpyRecording.start(pid, output)
+    try:
+        yield
+    finally:
+        await recording.stop()
+    print(f"py-spy of {what}:\n{recording.summary()}", flush=True)

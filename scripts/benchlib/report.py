@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import mailnode
+from benchlib.stats import Spread
 from benchlib.venv import ROOT
 
 
@@ -61,3 +62,14 @@ def leaf_exceptions(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for inner in exc.exceptions for leaf in leaf_exceptions(inner)]
     return [exc]
+
+
+def print_spreads(summary: dict[str, Spread]) -> None:
+    """One line per figure: name, min, median, max (ratios and CPU times with two decimals)."""
+    width = max((len(name) for name in summary), default=0)
+    print(f"{'':{width}}  {'min':>9} {'median':>9} {'max':>9}")
+    for name, spread in summary.items():
+        digits = 2 if "ratio" in name or "CPU" in name else 0
+        print(
+            f"{name:{width}}  {spread.min:9.{digits}f} {spread.median:9.{digits}f} {spread.max:9.{digits}f}"
+        )

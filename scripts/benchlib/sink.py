@@ -28,6 +28,7 @@ import re
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -245,6 +246,27 @@ class SinkProcess:
             if self._reader is not None:
                 self._reader.cancel()
                 await asyncio.gather(self._reader, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def loopback_sink(timeout: float, advice: str, host: str = "127.0.0.1") -> AsyncIterator[SinkProcess]:
+    """A sink for a whole benchmark, which must end within `timeout` seconds; stopped after it.
+
+    On timeout it raises RuntimeError saying how far the sink got, and `advice` (what to
+    change). Messages nobody expected (e.g. a DSN) are reported as a warning at the end.
+    """
+    sink = await SinkProcess.start(host)
+    try:
+        async with asyncio.timeout(timeout):
+            yield sink
+    except TimeoutError:
+        raise RuntimeError(
+            f"not done after --timeout {timeout:.0f} s (sink: {sink.progress()}); {advice}"
+        ) from None
+    finally:
+        await sink.stop()
+    if sink.strays:
+        print(f"warning: the sink got {sink.strays} messages it could not attribute (DSNs?)", file=sys.stderr)
 
 
 def main() -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+Run = TypeVar("Run")
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -29,3 +32,13 @@ class Spread:
     @classmethod
     def of(cls, values: Sequence[float]) -> Spread:
         return cls(min(values), statistics.median(values), max(values))
+
+
+def summarize(figures: Mapping[str, Callable[[Run], float | None]], runs: Sequence[Run]) -> dict[str, Spread]:
+    """Each figure's min/median/max over the runs; a figure some run lacks (None) is left out."""
+    summary: dict[str, Spread] = {}
+    for name, figure in figures.items():
+        values = [figure(run) for run in runs]
+        if values and all(v is not None for v in values):
+            summary[name] = Spread.of([float(v) for v in values if v is not None])
+    return summary
