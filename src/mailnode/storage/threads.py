@@ -57,6 +57,13 @@ class DatabaseThreads:
 
     def __init__(self, engine: Engine, *, threads: int, write: bool, name: str) -> None:
         self._engine = engine
+        # What the database itself raises: SQLAlchemy's wrapped errors, and the driver's own
+        # (engine.py's BEGIN IMMEDIATE goes straight to the driver, so a read-only or broken
+        # database fails there unwrapped).
+        self._database_errors: tuple[type[Exception], ...] = (
+            SQLAlchemyError,
+            engine.dialect.loaded_dbapi.Error,
+        )
         self._write = write
         self._group_limit = GROUP_LIMIT if write else 1
         self._queue: queue.SimpleQueue[_Unit | None] = queue.SimpleQueue()
@@ -75,7 +82,8 @@ class DatabaseThreads:
 
         A write runs to its commit (or rollback) even when the caller is cancelled meanwhile,
         and `on_commit` is then still called, on the event loop: listeners hear of every commit.
-        SQLAlchemy errors come back as StorageError; other exceptions roll back and pass through.
+        Database errors (SQLAlchemy's or the driver's) come back as StorageError; other
+        exceptions roll back and pass through.
         """
         if self._closed:
             raise StorageError("the database is closed (mailnode is stopping)")
@@ -141,7 +149,7 @@ class DatabaseThreads:
             connection = connection or self._connect()
             with connection.begin():
                 result = unit.work(connection)
-        except SQLAlchemyError as exc:
+        except self._database_errors as exc:
             return self._discard(connection), (unit, None, self._storage_error(exc))
         except Exception as exc:
             return connection, (unit, None, exc)
@@ -156,7 +164,7 @@ class DatabaseThreads:
                 began = True
                 results = [unit.work(connection) for unit in units]
         except Exception as exc:
-            if isinstance(exc, SQLAlchemyError):
+            if isinstance(exc, self._database_errors):
                 connection = self._discard(connection)
                 if not began:  # no connection, or BEGIN failed (say, locked): each would fail alike
                     _settle([(unit, None, self._storage_error(exc)) for unit in units])
@@ -172,7 +180,7 @@ class DatabaseThreads:
         _settle([(unit, result, None) for unit, result in zip(units, results, strict=True)])
         return connection
 
-    def _storage_error(self, exc: SQLAlchemyError) -> StorageError:
+    def _storage_error(self, exc: Exception) -> StorageError:
         kind = "write" if self._write else "read"
         error = StorageError(f"database {kind} failed: {exc.__class__.__name__}: {exc}")
         error.__cause__ = exc
