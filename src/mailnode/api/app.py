@@ -7,6 +7,7 @@ import time
 
 from aiohttp import web
 
+from mailnode import console
 from mailnode.api import (
     capture,
     openapi,
@@ -38,6 +39,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """Authenticate every non-public request; routes then check what the principal may do."""
     if request.path in _PUBLIC_PATHS or request.path.startswith(_PUBLIC_PREFIXES):
         return await handler(request)
+    if request.path == console.PREFIX or request.path.startswith(f"{console.PREFIX}/"):
+        return await handler(request)  # the web console logs its users in itself (a session cookie)
     ctx = context(request)
     store = ctx.store
     who = await authenticate(store, ctx.admin_token, request.headers.get("Authorization"), store.clock())
@@ -88,4 +91,5 @@ def create_app(ctx: AppContext) -> web.Application:
     v1_webhooks.add_routes(app.router)
     tracking.add_routes(app.router)
     openapi.add_routes(app.router)
+    console.add_routes(app)
     return app
