@@ -386,6 +386,13 @@ class WebhooksConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    # GET /metrics without credentials, for a Prometheus on the same host; off: it takes the
+    # admin token as Bearer. Its labels hold no addresses, domains, ids or secrets either way.
+    public: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class DkimConfig:
     selector: str
     key_file: str
@@ -396,6 +403,8 @@ class Config:
     # The name this server gives itself in Received headers, DSNs and EHLO.
     hostname: str = "localhost"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # "text": key=value lines; "json": one object per line, the ids as fields (mailnode.logs).
+    log_format: Literal["text", "json"] = "text"
     # On SIGTERM: how long open HTTP requests, SMTP sessions and running deliveries may take,
     # all together, before what is left is handed back to the queue. Seconds.
     stop_grace_seconds: float = field(default=10.0, metadata=_check(_non_negative))
@@ -414,6 +423,7 @@ class Config:
     tracking: TrackingConfig = TrackingConfig()
     events: EventsConfig = EventsConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @property
     def smtp_hostname(self) -> str:

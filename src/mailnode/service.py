@@ -24,6 +24,7 @@ from mailnode.bus import Bus
 from mailnode.config import Config, IngressRoute
 from mailnode.core.dkim_keys import canonical_domain
 from mailnode.errors import MailnodeError
+from mailnode.metrics import Metrics
 from mailnode.platform.bounces import BounceEndpoint, BounceHandler
 from mailnode.platform.domain_keys import DomainKeys
 from mailnode.platform.engagement import EngagementRecorder
@@ -81,6 +82,8 @@ class Service:
         self.bus = Bus()
         self.webhook_worker: WebhookWorker | None = None
         self.engagement: EngagementRecorder | None = None
+        # This service's own registry: services in one process (tests) never share counters.
+        self.metrics = Metrics()
 
     @property
     def base_url(self) -> str:
@@ -104,11 +107,12 @@ class Service:
             clock=self.clock,
         )
         self.store = store
+        self.metrics.store_state.watch(store)
         self.domains = DomainStore(store)
         self.events = EventStore(store)
         engagement = self.engagement = EngagementRecorder(self.events)
         store.add_transition_hook(EventHook(store))
-        self.outbox = OutboxWorker(self.events, self.bus)
+        self.outbox = OutboxWorker(self.events, self.bus, metrics=self.metrics)
         store.on_events(self.outbox.wake)
         self.webhooks = WebhookStore(store, self.random_bytes)
         self.webhook_worker = WebhookWorker(self.webhooks, self.bus, config.webhooks, self.clock)
@@ -135,7 +139,12 @@ class Service:
         self._tasks.spawn(engagement.run(), "engagement")
         self._tasks.spawn(self.webhook_worker.run(), "webhooks")
         self.smtp = await SmtpListeners.start(
-            config, exploder=self.exploder, store=store, tls_context=self._tls_context(), clock=self.clock
+            config,
+            exploder=self.exploder,
+            store=store,
+            tls_context=self._tls_context(),
+            clock=self.clock,
+            metrics=self.metrics,
         )
         batches = BatchStore(store)
         await self._start_http(
@@ -153,6 +162,7 @@ class Service:
                 bus=self.bus,
                 webhooks=self.webhooks,
                 engagement=engagement,
+                metrics=self.metrics,
             )
         )
         log.info("mailnode started session=%s http=%s", self.session_id, self.base_url)
@@ -184,7 +194,7 @@ class Service:
         domain_keys = DomainKeys(self.domains, self.clock)
         self.domains.on_keys_changed(domain_keys.invalidate)
         self.domain_keys = domain_keys
-        chains = build_chains(config, router, load_dkim_keys(config), domain_keys, self.clock)
+        chains = build_chains(config, router, load_dkim_keys(config), domain_keys, self.clock, self.metrics)
         settings = OutputSettings(
             session_id=self.session_id,
             concurrency=config.delivery.concurrency,
@@ -205,6 +215,7 @@ class Service:
                 self.clock,
                 tracker=MessageTracker(self.tracking_keys, self._tracking_base_url, self.random_bytes),
             ),
+            metrics=self.metrics,
         )
 
     def _ingress_endpoints(

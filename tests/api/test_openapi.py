@@ -22,11 +22,11 @@ async def served(node: Mailnode) -> dict[str, Any]:
 
 
 def registered_routes(app: web.Application) -> set[tuple[str, str]]:
-    """(method, path template) of every /v1 route; the HEAD aiohttp adds beside a GET is left out."""
+    """(method, path template) of every /v1 route and /metrics; the HEAD beside a GET is left out."""
     routes = set()
     for route in app.router.routes():
         path = route.resource.canonical if route.resource is not None else ""
-        if path.startswith("/v1/") and route.method != "HEAD":
+        if (path.startswith("/v1/") or path == "/metrics") and route.method != "HEAD":
             routes.add((route.method, path))
     return routes
 

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from mailnode.bus import Bus
 from mailnode.config import Config
+from mailnode.metrics import Metrics
 from mailnode.platform.engagement import EngagementRecorder
 from mailnode.router.version_cache import VersionCache
 from mailnode.storage.batches import BatchStore, SigningKeyring
@@ -37,6 +38,8 @@ class AppContext:
     webhooks: WebhookStore
     # Where /t/o and /t/c hits queue their events for the database.
     engagement: EngagementRecorder
+    # The service's instruments: the HTTP middleware counts here, GET /metrics reads them.
+    metrics: Metrics
 
 
 CONTEXT = web.AppKey("context", AppContext)

@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 document of /v1, served at GET /v1/openapi.json (public).
+"""The OpenAPI 3.1 document of /v1 (and GET /metrics), served at GET /v1/openapi.json (public).
 
 tests/api/test_openapi.py checks it against the routes the app really has, both ways: a /v1
 route without a description here (or a description without a route) fails the suite.
@@ -49,6 +49,7 @@ def document() -> Schema:
             **_feedback_paths(),
             **_webhook_paths(),
             **_doc_paths(),
+            **_operations_paths(),
         },
         "components": {
             "securitySchemes": _SECURITY_SCHEMES,
@@ -410,7 +411,7 @@ def _feedback_paths() -> dict[str, Schema]:
                 _ADMIN_OR_KEY,
                 {"200": _json(_ref("SuppressionPage"), "Suppressions")},
                 parameters=(*domain, "Reason", "PageLimit", "Cursor"),
-                errors=("400",),
+                errors=("400", "404"),
             ),
             "post": _op(
                 "addSuppression",
@@ -422,7 +423,7 @@ def _feedback_paths() -> dict[str, Schema]:
                 },
                 parameters=domain,
                 body=_body(_ref("SuppressionCreate")),
-                errors=("400",),
+                errors=("400", "404"),
             ),
         },
         "/v1/domains/{domain}/suppressions/{address}": {
@@ -450,7 +451,7 @@ def _feedback_paths() -> dict[str, Schema]:
                 _ADMIN_OR_KEY,
                 {"200": _json(_ref("Stats"), "The series")},
                 parameters=(*domain, "From", "To", "Granularity"),
-                errors=("400",),
+                errors=("400", "404"),
             ),
         },
         "/v1/domains/{domain}/events": {
@@ -470,7 +471,7 @@ def _feedback_paths() -> dict[str, Schema]:
                     "PageLimit",
                     "Cursor",
                 ),
-                errors=("400",),
+                errors=("400", "404"),
             ),
         },
         "/v1/deliveries/{delivery_id}": {
@@ -493,6 +494,20 @@ def _doc_paths() -> dict[str, Schema]:
             "get": _op("getOpenApi", "This document (no authentication)", [], {"200": _json(document, "OK")})
         }
     }
+
+
+def _operations_paths() -> dict[str, Schema]:
+    text = {"type": "string", "description": "Prometheus text format 0.0.4 (OpenMetrics if Accept asks)"}
+    ok = {
+        "description": "Counters, gauges and histograms named mailnode_*; no label holds an address or id",
+        "content": {"text/plain": {"schema": text}, "application/openmetrics-text": {"schema": text}},
+    }
+    summary = (
+        "The service's metrics for Prometheus: SMTP sessions and replies, deliveries, queue depth, "
+        "attempt latency, DKIM signing time, HTTP requests, events, webhook backlog. The admin "
+        "token, or no credentials with [metrics] public = true"
+    )
+    return {"/metrics": {"get": _op("getMetrics", summary, _ADMIN, {"200": ok})}}
 
 
 # -- components ----------------------------------------------------------------------------------

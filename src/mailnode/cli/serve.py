@@ -8,7 +8,6 @@ import logging
 import os
 import secrets
 import signal
-import sys
 from pathlib import Path
 
 import click
@@ -18,6 +17,7 @@ from mailnode.cli.common import CONFIG_HELP, config_path, fail_cleanly, run
 from mailnode.cli.keys import create_key
 from mailnode.config import Config, load_config
 from mailnode.errors import ConfigError
+from mailnode.logs import LogFormat, setup_logging
 from mailnode.service import Service, data_dir
 from mailnode.systemd import Notifier
 
@@ -27,27 +27,22 @@ DEV_KEY_FILE = "dev-api-key"
 DEV_ADMIN_FILE = "admin-token"  # the developer default's operator token
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
-    )
-    # aiosmtpd logs every command line at INFO; mailnode logs the lifecycle events itself.
-    logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.getLogger().level))
-
-
 @click.command()
 @click.option("--config", "config_file", metavar="FILE", help=CONFIG_HELP)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="Log lines as key=value text or one JSON object each (default: the config's log_format).",
+)
 @fail_cleanly
-def serve(config_file: str | None) -> None:
+def serve(config_file: str | None, log_format: LogFormat | None) -> None:
     """Run mailnode until SIGTERM or Ctrl-C.
 
-    Example: mailnode serve --config /etc/mailnode/mailnode.toml
+    Example: mailnode serve --config /etc/mailnode/mailnode.toml --log-format json
     """
     path = config_path(config_file)
     config = load_config(path)
-    _setup_logging(config.log_level)
+    setup_logging(config.log_level, log_format or config.log_format)
     run(_serve(config, path))
 
 

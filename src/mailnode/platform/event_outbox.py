@@ -14,6 +14,7 @@ import logging
 from mailnode.bus import Bus
 from mailnode.core.events import Event
 from mailnode.errors import MailnodeError
+from mailnode.metrics import Metrics
 from mailnode.storage.events import OUTBOX_BATCH, EventStore
 
 log = logging.getLogger(__name__)
@@ -24,8 +25,11 @@ STATS_TOPIC = "mailnode.stats."
 class OutboxWorker:
     """Processes the outbox until it is empty whenever woken."""
 
-    def __init__(self, events: EventStore, bus: Bus, *, poll_interval: float = 5.0) -> None:
+    def __init__(
+        self, events: EventStore, bus: Bus, *, poll_interval: float = 5.0, metrics: Metrics | None = None
+    ) -> None:
         self._events = events
+        self._metrics = metrics or Metrics()
         self._bus = bus
         self._poll_interval = poll_interval
         self._wake = asyncio.Event()
@@ -61,4 +65,5 @@ class OutboxWorker:
                 return total
 
     def _publish(self, event: Event) -> None:
+        self._metrics.event(event.type)
         self._bus.publish(STATS_TOPIC + event.type.value, event)

@@ -8,6 +8,7 @@ import dataclasses
 import datetime
 import functools
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
@@ -23,6 +24,7 @@ from mailnode.core.response import Response, permanent
 from mailnode.core.retry import RetryPolicy
 from mailnode.core.transaction import BODY, InlineBlob, NewTransaction, TransactionRecord
 from mailnode.errors import DeliveryError, StorageError
+from mailnode.metrics import EndpointMetrics, Metrics
 from mailnode.router.cut_through import CutThrough, envelope_accepted
 from mailnode.router.filters import Chain, DeliveryContext
 from mailnode.smtp.client import EnvelopeInfo
@@ -68,8 +70,10 @@ class OutputHandler:
         *,
         new_message_id: Callable[[], str],
         renderer: Renderer | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics or Metrics()
         self._renderer = renderer
         self._chains = chains
         self._retry_policy = retry_policy
@@ -179,7 +183,9 @@ class OutputHandler:
         log.debug(
             "attempt start tx=%s attempt=%d sender=%s", record.rest_id, record.attempt_count, record.sender
         )
+        started = time.perf_counter()
         result, message = await self._run_chain(record)
+        seconds = time.perf_counter() - started
         now = self._store.clock()
         decision = decide(
             result,
@@ -189,7 +195,7 @@ class OutputHandler:
             created_at=record.created_at,
             now=now,
         )
-        await self._record(record, result, decision, message, now)
+        await self._record(record, result, decision, message, now, seconds)
 
     async def _record(
         self,
@@ -198,8 +204,12 @@ class OutputHandler:
         decision: Decision,
         message: bytes | None,
         now: float,
+        seconds: float,
     ) -> None:
-        """Write the attempt's answers and the delivery's next state (and its DSN)."""
+        """Write the attempt's answers and the delivery's next state (and its DSN).
+
+        `seconds`: how long the attempt took, for the latency histogram.
+        """
         dsn = self._dsn(record, result, decision, message, now) if decision.bounce else None
         try:
             await self._store.finish_attempt(record, self._settings.session_id, result, decision, dsn)
@@ -207,6 +217,7 @@ class OutputHandler:
             # The lease runs out and the delivery is attempted again: nothing is lost.
             log.exception("recording the attempt failed tx=%s", record.rest_id)
             return
+        self._endpoint_metrics(record).attempted(decision.status, seconds)
         stage, response = result.decisive
         log.info(
             "attempt done tx=%s attempt=%d status=%s stage=%s code=%d final=%s",
@@ -217,6 +228,12 @@ class OutputHandler:
             response.code,
             decision.final_reason.value if decision.final_reason else "-",
         )
+
+    def _endpoint_metrics(self, record: TransactionRecord) -> EndpointMetrics:
+        """The instruments of the endpoint the delivery was routed to (routing is a lookup)."""
+        chain = self._chains.get(record.sender)
+        endpoint = chain.router.route(record) if chain is not None else None
+        return self._metrics.endpoint(endpoint.name if endpoint is not None else None)
 
     async def _run_chain(self, record: TransactionRecord) -> tuple[AttemptResult, bytes | None]:
         message: bytes | None = None
@@ -275,7 +292,9 @@ class OutputHandler:
     async def _cut_through(self, handle: CutThrough, info: EnvelopeInfo, wait_limit: float) -> None:
         record = handle.record
         log.debug("cut-through start tx=%s sender=%s", record.rest_id, record.sender)
+        started = time.perf_counter()
         result, message = await self._cut_through_session(handle, info, wait_limit)
+        seconds = time.perf_counter() - started
         handle.data_done(result)
         fate = await handle.fate(wait_limit)
         now = self._store.clock()
@@ -287,7 +306,7 @@ class OutputHandler:
             created_at=record.created_at,
             now=now,
         )
-        await self._record(record, result, decision, message, now)
+        await self._record(record, result, decision, message, now, seconds)
 
     async def _cut_through_session(
         self, handle: CutThrough, info: EnvelopeInfo, wait_limit: float

@@ -31,6 +31,7 @@ from mailnode.core.address import AddressError, parse_address, parse_reverse_pat
 from mailnode.core.exploder import Mode
 from mailnode.core.response import Response
 from mailnode.errors import ConfigError, MailnodeError
+from mailnode.metrics import ListenerMetrics, Metrics
 from mailnode.router.exploder import DownstreamTransaction, Exploder, SmtpClient
 from mailnode.router.routes import match_route
 from mailnode.smtp.auth import AuthThrottle, ThrottleSettings, authenticate
@@ -109,6 +110,10 @@ class _Listener:
     sessions: set[_Session] = field(default_factory=set)
     numbers: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     server: asyncio.AbstractServer | None = None
+    metrics: ListenerMetrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = self.owner.metrics.listener(self.name)
 
 
 class SmtpListeners:
@@ -123,8 +128,10 @@ class SmtpListeners:
         clock: Callable[[], float],
         throttle: ThrottleSettings,
         sleep: Sleep,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics or Metrics()
         self.exploder = exploder
         self.store = store
         self.events = EventStore(store)
@@ -151,10 +158,19 @@ class SmtpListeners:
         clock: Callable[[], float] = time.time,
         throttle: ThrottleSettings | None = None,
         sleep: Sleep = asyncio.sleep,
+        metrics: Metrics | None = None,
     ) -> SmtpListeners:
         """Listen on every enabled [smtp.*] address; on failure nothing is left listening."""
         throttle = throttle or config.smtp.auth_throttle
-        self = cls(config, exploder=exploder, store=store, clock=clock, throttle=throttle, sleep=sleep)
+        self = cls(
+            config,
+            exploder=exploder,
+            store=store,
+            clock=clock,
+            throttle=throttle,
+            sleep=sleep,
+            metrics=metrics,
+        )
         try:
             for listener in self._plan(tls_context):
                 await self._listen(listener)
@@ -348,10 +364,12 @@ class _Session(SMTP):
             self._refused = True
             log.warning("smtp %s refused a connection: max_connections reached", self.listener.name)
             assert isinstance(transport, asyncio.WriteTransport)
+            self.listener.metrics.reply(TOO_MANY_CONNECTIONS)
             transport.write(TOO_MANY_CONNECTIONS)
             transport.close()
             return
         sessions.add(self)
+        self.listener.metrics.session.inc()
         super().connection_made(transport)
         log.debug("smtp session=%s connected peer=%s", self.name, self.peer_ip)
 
@@ -384,12 +402,14 @@ class _Session(SMTP):
         transport = self.transport
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
             log.info("smtp session=%s idle timeout", self.name)
+            self.listener.metrics.reply(IDLE_TIMEOUT)
             transport.write(IDLE_TIMEOUT)
             super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     def shut_down(self) -> None:
         transport = self.transport
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            self.listener.metrics.reply(SHUTTING_DOWN)
             transport.write(SHUTTING_DOWN)
             transport.close()
 
@@ -406,6 +426,7 @@ class _Session(SMTP):
         self._greeted = True
         if isinstance(status, str):
             status = _printable_reply(status)
+        self.listener.metrics.reply(status)
         await super().push(status)
 
     def _with_enhanced_status(self, text: str) -> str:
