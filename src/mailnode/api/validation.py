@@ -67,8 +67,14 @@ def future_time(value: Any, name: str, now: float) -> float:
     return when
 
 
+# 9999-12-31T23:59:59Z, the last second RFC 3339 can write: a time past it cannot be answered.
+MAX_TIMESTAMP = 253402300799.0
+
+
 def _timestamp(value: Any, name: str) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
+        if not 0 <= value <= MAX_TIMESTAMP:  # also refuses NaN
+            raise bad_request(name, f"must be Unix seconds from 0 to {MAX_TIMESTAMP:.0f} (year 9999)")
         return float(value)
     if isinstance(value, str):
         try:
@@ -91,7 +97,7 @@ def timestamp_query(request: web.Request, name: str, *, default: T) -> float | T
         return _timestamp(text, name)
     if not math.isfinite(value):
         raise bad_request(name, "must be a finite number of Unix seconds or an RFC 3339 time")
-    return value
+    return _timestamp(value, name)
 
 
 def int_query(request: web.Request, name: str, *, default: int, low: int, high: int) -> int:
