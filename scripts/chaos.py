@@ -24,7 +24,7 @@ Figures:
 
 Usage (the venv is used automatically):
     scripts/chaos --duration 60 --clients 20 --kill-every 5
-    scripts/chaos --duration 10 --clients 5 --kill-every 3 --json
+    scripts/chaos --duration 5 --clients 5 --kill-every 2 --min-kills 3 --json   (what CI runs)
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ class Options:
     duration: float
     clients: int
     kill_every: float
+    min_kills: int
     size: int
     concurrency: int
     lease_seconds: float
@@ -106,6 +107,7 @@ class Run:
     accepted: set[int] = field(default_factory=set)
     failures: Counter[str] = field(default_factory=Counter)
     kills: int = 0
+    time_up: bool = False  # --duration has passed: stop once --min-kills is reached
 
 
 def mailnode_config(data_dir: Path, sink: SinkProcess, dns_port: int, options: Options) -> str:
@@ -137,6 +139,8 @@ listen = "{HOST}:0"
 allow_plaintext_auth_on_loopback = true
 rcpt_timeout_seconds = 2
 data_timeout_seconds = 5
+[smtp.ingress]
+listen = "{HOST}:0"
 """
     )
 
@@ -185,6 +189,8 @@ async def killer(run: Run, config: Path, options: Options, rng: random.Random) -
         run.kills += 1
         run.node = await start_mailnode(config, START_TIMEOUT, smtp_listeners=("submission",))
         run.up.set()
+        if run.time_up and run.kills >= options.min_kills:
+            run.stop.set()
 
 
 async def drain(arrived: dict[int, float], accepted: set[int], db: Path, timeout: float) -> float:
@@ -233,7 +239,10 @@ async def _run(options: Options, config: Path, sink: SinkProcess, key: str, rng:
                 group.create_task(client(run, key, options.size))
             group.create_task(killer(run, config, options, rng))
             await asyncio.sleep(options.duration)
-            run.stop.set()
+            run.time_up = True
+            if run.kills >= options.min_kills:
+                run.stop.set()
+            await run.stop.wait()  # else the killer sets it after the last kill it owes
         seconds = time.monotonic() - started
         db = config.parent / "mailnode.db"
         drain_seconds = await drain(arrivals.times, run.accepted, db, options.drain_timeout)
@@ -291,6 +300,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--kill-every", type=float, default=5.0, help="seconds of uptime between kills (default: %(default)s)"
     )
+    parser.add_argument(
+        "--min-kills",
+        type=int,
+        default=0,
+        help="go on past --duration until this many kills (default: %(default)s)",
+    )
     parser.add_argument("--size", type=int, default=1024, help="message bytes (default: %(default)s)")
     parser.add_argument(
         "--concurrency", type=int, default=16, help="mailnode's [delivery] concurrency (default: %(default)s)"
@@ -314,6 +329,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         duration=args.duration,
         clients=args.clients,
         kill_every=args.kill_every,
+        min_kills=args.min_kills,
         size=args.size,
         concurrency=args.concurrency,
         lease_seconds=args.lease_seconds,
