@@ -6,16 +6,21 @@ import click
 
 from mailnode import __version__
 from mailnode.cli.capture import capture
+from mailnode.cli.common import CommandLine
 from mailnode.cli.doctor import doctor
 from mailnode.cli.domains import domain
 from mailnode.cli.keys import key
+from mailnode.cli.queue import queue
 from mailnode.cli.send import send
 from mailnode.cli.serve import serve
 from mailnode.cli.setup import check_config, init, migrate
+from mailnode.cli.signing_keys import signing_key
+from mailnode.cli.stats import stats
+from mailnode.cli.suppressions import suppression
 from mailnode.cli.templates import template
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=CommandLine, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mailnode")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def cli(debug: bool) -> None:
@@ -38,6 +43,10 @@ cli.add_command(domain)
 cli.add_command(template)
 cli.add_command(send)
 cli.add_command(capture)
+cli.add_command(queue)
+cli.add_command(suppression)
+cli.add_command(stats)
+cli.add_command(signing_key)
 cli.add_command(doctor)
 
 

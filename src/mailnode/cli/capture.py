@@ -8,7 +8,15 @@ import sys
 
 import click
 
-from mailnode.cli.common import CONFIG_HELP, config_path, fail_cleanly, run, with_store
+from mailnode.cli.common import (
+    CONFIG_HELP,
+    config_path,
+    echo_json,
+    fail_cleanly,
+    json_option,
+    run,
+    with_store,
+)
 from mailnode.config import load_config
 from mailnode.errors import MailnodeError
 
@@ -42,15 +50,27 @@ def capture_list(limit: int, as_json: bool, config_file: str | None) -> None:
 
 @capture.command("show")
 @click.argument("capture_id", type=int)
+@json_option
 @click.option("--config", "config_file", metavar="FILE", help=CONFIG_HELP)
 @fail_cleanly
-def capture_show(capture_id: int, config_file: str | None) -> None:
+def capture_show(capture_id: int, as_json: bool, config_file: str | None) -> None:
     """Print one captured message as it was delivered (RFC 5322 source).
+
+    With --json: its envelope and the source as text (undecodable bytes replaced).
 
     Example: mailnode capture show 12
     """
     config = load_config(config_path(config_file))
     record = run(with_store(config, lambda store: store.get_capture(capture_id)))
     if record is None or record.message is None:
-        raise MailnodeError(f"no captured message {capture_id}")
+        raise MailnodeError(f"no captured message {capture_id}; `mailnode capture list` shows them")
+    if as_json:
+        fields = ("id", "transaction_rest_id", "mail_from", "rcpt_to", "created_at", "size")
+        echo_json(
+            {
+                **{name: getattr(record, name) for name in fields},
+                "message": record.message.decode("utf-8", "replace"),
+            }
+        )
+        return
     sys.stdout.buffer.write(record.message)

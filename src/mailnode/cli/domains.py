@@ -12,7 +12,15 @@ from mailnode.api.v1_domains import (
     domain_with_records_json,
     record_json,
 )
-from mailnode.cli.common import CONFIG_HELP, config_path, domain_store, echo_json, fail_cleanly, utc_time
+from mailnode.cli.common import (
+    CONFIG_HELP,
+    config_path,
+    domain_store,
+    echo_json,
+    fail_cleanly,
+    json_option,
+    utc_time,
+)
 from mailnode.config import Config, load_config
 from mailnode.core.dkim_keys import ALGORITHMS, DkimAlgorithm, canonical_domain, generate_dkim_key
 from mailnode.errors import ConfigError, NotFoundError
@@ -143,9 +151,10 @@ def domain_dns(name: str, as_json: bool, config_file: str | None) -> None:
 @domain.command("delete")
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
 @click.option("--config", "config_file", metavar="FILE", help=CONFIG_HELP)
 @fail_cleanly
-def domain_delete(name: str, yes: bool, config_file: str | None) -> None:
+def domain_delete(name: str, yes: bool, as_json: bool, config_file: str | None) -> None:
     """Delete a domain with its DKIM keys, API keys and templates; cancel its unsent mail.
 
     Example: mailnode domain delete example.com --yes
@@ -153,17 +162,25 @@ def domain_delete(name: str, yes: bool, config_file: str | None) -> None:
     config = load_config(config_path(config_file))
     canonical = canonical_domain(name)
     if not yes:
-        click.confirm(f"Delete {canonical}, its keys and templates, and cancel its unsent mail?", abort=True)
+        click.confirm(
+            f"Delete {canonical}, its keys and templates, and cancel its unsent mail?", abort=True, err=True
+        )
     cancelled = domain_store(config, lambda domains: domains.delete_domain(canonical))
+    if as_json:
+        echo_json({"domain": canonical, "deleted": True, "cancelled": cancelled})
+        return
     click.echo(f"deleted {canonical}; {cancelled} unsent deliveries cancelled")
 
 
 @domain.command("rotate-dkim")
 @click.argument("name")
 @click.option("--dkim-algorithm", type=click.Choice(ALGORITHMS), help=_ALGORITHM_HELP)
+@json_option
 @click.option("--config", "config_file", metavar="FILE", help=CONFIG_HELP)
 @fail_cleanly
-def domain_rotate_dkim(name: str, dkim_algorithm: DkimAlgorithm | None, config_file: str | None) -> None:
+def domain_rotate_dkim(
+    name: str, dkim_algorithm: DkimAlgorithm | None, as_json: bool, config_file: str | None
+) -> None:
     """Make a new DKIM key under a new selector; it signs from now on, the old one stays.
 
     Publish the new record shown, then remove the old key with the API
@@ -177,5 +194,15 @@ def domain_rotate_dkim(name: str, dkim_algorithm: DkimAlgorithm | None, config_f
     selector = config.platform.dkim_selector
     added = domain_store(config, lambda domains: domains.add_dkim_key(canonical, key, selector))
     record = dkim_dns_record(canonical, added)
+    if as_json:
+        echo_json(
+            {
+                "domain": canonical,
+                "selector": added.selector,
+                "algorithm": added.algorithm,
+                "publish": record_json(record),
+            }
+        )
+        return
     click.echo(f"new DKIM selector {added.selector} ({added.algorithm}) signs for {canonical}; publish:")
     click.echo(f"{record.type:<6} {record.name:<40} {record.value}")

@@ -10,7 +10,15 @@ from typing import Any
 
 import click
 
-from mailnode.cli.common import CONFIG_HELP, config_path, fail_cleanly, run, with_store
+from mailnode.cli.common import (
+    CONFIG_HELP,
+    config_path,
+    echo_json,
+    fail_cleanly,
+    json_option,
+    run,
+    with_store,
+)
 from mailnode.config import load_config
 from mailnode.core.address import AddressError
 from mailnode.core.compose import builder_spec, parse_mailbox
@@ -43,6 +51,7 @@ class _Recipient:
     "--recipients-csv", type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="One message per row; columns email, name, then fields for {{ field }} in subject and bodies.",
 )  # fmt: skip
+@json_option
 @click.option("--config", "config_file", metavar="FILE", help=CONFIG_HELP)
 @fail_cleanly
 def send(
@@ -53,6 +62,7 @@ def send(
     html: str | None,
     body_file: Path | None,
     recipients_csv: Path | None,
+    as_json: bool,
     config_file: str | None,
 ) -> None:
     """Queue a message for delivery by the running `mailnode serve`; print each delivery id.
@@ -91,7 +101,16 @@ def send(
         )
         for r, spec in zip(recipients, specs, strict=True)
     ]
-    for item, record in zip(new, run(with_store(config, lambda store: _store_all(store, new))), strict=True):
+    records = run(with_store(config, lambda store: _store_all(store, new)))
+    if as_json:
+        echo_json(
+            [
+                {"id": record.rest_id, "rcpt_to": record.rcpt_to, "status": record.status.value}
+                for record in records
+            ]
+        )
+        return
+    for item, record in zip(new, records, strict=True):
         click.echo(f"{record.rest_id}  {item.rcpt_to}")
 
 

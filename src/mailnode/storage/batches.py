@@ -82,6 +82,17 @@ class BatchRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class SigningKeyInfo:
+    """A signing key as an operator sees it: everything but its secret."""
+
+    purpose: str
+    key_id: str
+    created_at: float
+    retired_at: float | None
+    current: bool  # the newest unretired key of its purpose: it signs
+
+
+@dataclass(frozen=True, slots=True)
 class SigningKeyring:
     """The secrets of one purpose: the newest signs, every one verifies."""
 
@@ -174,6 +185,15 @@ class BatchStore:
         """The keys of `purpose`; the first call for a purpose creates its first key."""
         now = self.clock()
         return await self._store.write(lambda conn: _keyring(conn, purpose, make_secret, now))
+
+    async def rotate_signing_key(self, purpose: str, make_secret: Callable[[], bytes]) -> SigningKeyInfo:
+        """Add a key that signs from now on (after a restart); the older ones keep verifying."""
+        now = self.clock()
+        return await self._store.write(lambda conn: _rotate_signing_key(conn, purpose, make_secret, now))
+
+    async def signing_keys(self) -> list[SigningKeyInfo]:
+        """Every signing key, by purpose, oldest first; secrets stay in the database."""
+        return await self._store.read(_signing_keys)
 
 
 # -- statements and units --------------------------------------------------------------------
@@ -399,3 +419,34 @@ def _keyring(conn: Connection, purpose: str, make_secret: Callable[[], bytes], n
         )
         rows = conn.execute(query).all()
     return SigningKeyring(current_id=rows[-1].key_id, keys={row.key_id: row.secret for row in rows})
+
+
+def _rotate_signing_key(
+    conn: Connection, purpose: str, make_secret: Callable[[], bytes], now: float
+) -> SigningKeyInfo:
+    used = conn.execute(select(signing_keys.c.key_id).where(signing_keys.c.purpose == purpose)).scalars()
+    numbers = [int(key_id[1:]) for key_id in used if key_id[:1] == "k" and key_id[1:].isdigit()]
+    key_id = f"k{max(numbers, default=0) + 1}"  # k1, k2, ...: VERP and tokens carry it
+    conn.execute(
+        signing_keys.insert(),
+        {"purpose": purpose, "key_id": key_id, "secret": make_secret(), "created_at": now},
+    )
+    return SigningKeyInfo(purpose, key_id, now, None, current=True)
+
+
+def _signing_keys(conn: Connection) -> list[SigningKeyInfo]:
+    rows = conn.execute(
+        select(
+            signing_keys.c.purpose,
+            signing_keys.c.key_id,
+            signing_keys.c.created_at,
+            signing_keys.c.retired_at,
+        ).order_by(signing_keys.c.purpose, signing_keys.c.id)
+    ).all()
+    current = {row.purpose: row.key_id for row in rows if row.retired_at is None}  # the last one wins
+    return [
+        SigningKeyInfo(
+            row.purpose, row.key_id, row.created_at, row.retired_at, current.get(row.purpose) == row.key_id
+        )
+        for row in rows
+    ]

@@ -298,23 +298,28 @@ class EventStore:
         """Raw events that match `query`, oldest first after its cursor."""
         return await self._store.read(lambda conn: _query_events(conn, query))
 
-    async def stats(self, domain: str, since: float, until: float) -> dict[str, list[StatsBucket]]:
-        """Hourly counts per event type in [since, until)."""
+    async def stats(self, domain: str | None, since: float, until: float) -> dict[str, list[StatsBucket]]:
+        """Hourly counts per event type in [since, until); domain None: every domain's, summed."""
+        where = [stats_hourly.c.hour >= hour_of(since), stats_hourly.c.hour < until]
+        if domain is not None:
+            where.append(stats_hourly.c.domain == domain)
 
         def work(conn: Connection) -> dict[str, list[StatsBucket]]:
             rows = conn.execute(
-                select(stats_hourly)
-                .where(
-                    stats_hourly.c.domain == domain,
-                    stats_hourly.c.hour >= hour_of(since),
-                    stats_hourly.c.hour < until,
+                select(
+                    stats_hourly.c.type,
+                    stats_hourly.c.hour,
+                    func.sum(stats_hourly.c.count).label("total"),
+                    func.sum(stats_hourly.c.unique_count).label("unique_total"),
+                    func.sum(stats_hourly.c.machine_count).label("machine_total"),
                 )
+                .where(*where)
+                .group_by(stats_hourly.c.type, stats_hourly.c.hour)
                 .order_by(stats_hourly.c.hour)
             )
             found: dict[str, list[StatsBucket]] = {}
             for row in rows:
-                # Row.count is tuple's count(); the column is read by name.
-                bucket = StatsBucket(row.hour, row._mapping["count"], row.unique_count, row.machine_count)
+                bucket = StatsBucket(row.hour, int(row.total), int(row.unique_total), int(row.machine_total))
                 found.setdefault(row.type, []).append(bucket)
             return found
 

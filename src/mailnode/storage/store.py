@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar, cast
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
     Executable,
@@ -114,6 +115,19 @@ class CaptureRecord:
     created_at: float
     size: int
     message: bytes | None  # None in listings
+
+
+@dataclass(frozen=True, slots=True)
+class QueueQuery:
+    """The deliveries an operator means (`mailnode queue`): every filter given must match."""
+
+    statuses: frozenset[Status] = frozenset()
+    deferred: bool = False  # queued ones with an attempt made: waiting for the next
+    domain: str | None = None  # the sending domain
+    recipient: str | None = None  # an address, or "@example.org" for every one at that domain
+    created_before: float | None = None
+    after_id: int = 0  # the cursor: deliveries with a greater id, oldest first
+    limit: int | None = 100
 
 
 class Store:
@@ -720,6 +734,63 @@ class Store:
         """Delete finished deliveries (and blobs nobody references any more)."""
         return await self._writer.run(lambda conn: _collect_garbage(conn, finished_before, batch))
 
+    # -- the operator's side (`mailnode queue`) -------------------------------------------
+
+    async def list_deliveries(self, query: QueueQuery) -> list[TransactionRecord]:
+        """The deliveries `query` matches, oldest first after its cursor."""
+        statement = _LOAD.where(*_queue_where(query)).order_by(transactions.c.id)
+        if query.limit is not None:
+            statement = statement.limit(query.limit)
+        return await self._readers.run(lambda conn: [record for _, record in _load_rows(conn, statement)])
+
+    async def count_deliveries(self, query: QueueQuery) -> int:
+        """How many deliveries `query` matches (its cursor counts, its limit does not)."""
+        statement = select(func.count()).select_from(transactions).where(*_queue_where(query))
+        return int(await self._readers.run(lambda conn: conn.execute(statement).scalar() or 0))
+
+    async def retry(self, rest_id: str) -> TransactionRecord:
+        """Make a queued delivery due now, or queue a failed one again for one more attempt."""
+        now = self.clock()
+        return await self._writer.run(
+            lambda conn: self._retry(conn, rest_id, now),
+            on_commit=lambda record: self._notify([record], queued=True),
+        )
+
+    @staticmethod
+    def _retry(conn: Connection, rest_id: str, now: float) -> TransactionRecord:
+        found = _load_rows(conn, _LOAD_BY_REST_ID, rest_id=rest_id)
+        if not found:
+            raise NotFoundError(f"no delivery {rest_id!r}")
+        ((_, record),) = found
+        if record.status not in (Status.QUEUED, Status.FAILED):
+            raise ConflictError(
+                f"delivery {rest_id} is {record.status.value}: only queued and failed ones can be retried"
+            )
+        check_transition(record.status, Status.QUEUED)
+        conn.execute(
+            _UPDATE_TRANSACTION,
+            {
+                "id_": record.id,
+                "status": Status.QUEUED.value,
+                "final_attempt_reason": None,
+                "finished_at": None,
+                "next_attempt_at": now,
+                "updated_at": now,
+            },
+        )
+        return replace(
+            record,
+            status=Status.QUEUED,
+            final_attempt_reason=None,
+            next_attempt_at=now,
+            updated_at=now,
+            version=record.version + 1,
+        )
+
+    async def purge(self, query: QueueQuery) -> int:
+        """Delete the finished deliveries `query` matches (and blobs nobody references any more)."""
+        return await self._writer.run(lambda conn: _purge(conn, query))
+
     # -- capture endpoint ----------------------------------------------------------------
 
     async def add_capture(self, rest_id: str, mail_from: str, rcpt_to: str, message: bytes) -> int:
@@ -792,6 +863,23 @@ class Store:
     async def list_api_keys(self) -> list[ApiKeyRecord]:
         query = select(api_keys).order_by(api_keys.c.id)
         return await self._readers.run(lambda conn: [ApiKeyRecord(*row) for row in conn.execute(query)])
+
+    async def deactivate_api_key(self, key_id: int) -> ApiKeyRecord | None:
+        """Deactivate a key for good (any domain's); None if there is no such key."""
+        now = self.clock()
+        statement = (
+            update(api_keys)
+            .where(api_keys.c.id == key_id, api_keys.c.deactivated_at.is_(None))
+            .values(deactivated_at=now)
+        )
+        query = select(api_keys).where(api_keys.c.id == key_id)
+
+        def work(conn: Connection) -> ApiKeyRecord | None:
+            conn.execute(statement)
+            row = conn.execute(query).first()
+            return None if row is None else ApiKeyRecord(*row)
+
+        return await self._writer.run(work)
 
 
 # -- statements ------------------------------------------------------------------------------
@@ -935,12 +1023,52 @@ def _collect_garbage(conn: Connection, finished_before: float, batch: int) -> in
             ~select(transactions.c.id).where(transactions.c.batch_id == batches.c.id).exists(),
         )
     )
+    _delete_orphan_blobs(conn)
+    return len(ids)
+
+
+def _delete_orphan_blobs(conn: Connection) -> None:
     orphans = select(blobs.c.id).where(
         ~select(transaction_blobs.c.blob_id).where(transaction_blobs.c.blob_id == blobs.c.id).exists(),
         ~select(batches.c.id).where(batches.c.content_blob_id == blobs.c.id).exists(),
     )
     conn.execute(delete(blobs).where(blobs.c.id.in_(orphans)))
-    return len(ids)
+
+
+def _queue_where(query: QueueQuery) -> list[ColumnElement[bool]]:
+    """QueueQuery's filters as SQL conditions on transactions."""
+    where: list[ColumnElement[bool]] = [transactions.c.id > query.after_id]
+    states: list[ColumnElement[bool]] = []
+    if query.statuses:
+        states.append(transactions.c.status.in_([status.value for status in query.statuses]))
+    if query.deferred:
+        states.append(and_(transactions.c.status == Status.QUEUED.value, transactions.c.attempt_count > 0))
+    if states:
+        where.append(or_(*states))
+    if query.domain is not None:
+        where.append(transactions.c.domain == query.domain)
+    if query.recipient is not None:
+        recipient = func.lower(transactions.c.rcpt_to)
+        wanted = query.recipient.lower()
+        where.append(
+            recipient.endswith(wanted, autoescape=True) if wanted.startswith("@") else recipient == wanted
+        )
+    if query.created_before is not None:
+        where.append(transactions.c.created_at < query.created_before)
+    return where
+
+
+def _purge(conn: Connection, query: QueueQuery) -> int:
+    """Delete what `query` matches among finished deliveries no session holds."""
+    finished = [status.value for status in Status if status.final]
+    ids = select(transactions.c.id).where(
+        *_queue_where(query), transactions.c.status.in_(finished), transactions.c.lease_owner.is_(None)
+    )
+    if query.limit is not None:
+        ids = ids.limit(query.limit)
+    result = conn.execute(delete(transactions).where(transactions.c.id.in_(ids)))
+    _delete_orphan_blobs(conn)
+    return int(result.rowcount)
 
 
 # -- loading records -------------------------------------------------------------------------
