@@ -86,7 +86,11 @@ class DatabaseFault:
 
 @pytest.fixture
 async def node(mailnode_factory: MailnodeFactory) -> Mailnode:
-    return await mailnode_factory(smtp={"submission": SUBMISSION}, delivery={"command_timeout_seconds": 1})
+    # Retries never run out while the test holds the earlier message back (see accept_earlier_message).
+    retry = {"initial_delay_seconds": 0.2, "max_delay_seconds": 0.2, "max_attempts": 1000}
+    return await mailnode_factory(
+        smtp={"submission": SUBMISSION}, delivery={"command_timeout_seconds": 1}, retry=retry
+    )
 
 
 @pytest.fixture
