@@ -52,7 +52,11 @@ def set_values(reference: str, values: Mapping[tuple[str, str], str]) -> str:
 def initial_config(
     reference: str, *, storage_url: str, admin_token: str, cert_file: str, key_file: str
 ) -> str:
-    """The reference config with its storage URL, admin token and TLS files filled in."""
+    """The reference config with its storage URL, admin token and TLS files filled in.
+
+    With an empty `admin_token` the token lives elsewhere (an environment file) and the config
+    holds no secret.
+    """
     values = {
         ("storage", "url"): storage_url,
         ("admin", "token"): admin_token,
@@ -62,5 +66,8 @@ def initial_config(
     header = (
         "# Written by `mailnode init`. It holds the admin token: keep it private (mode 0600),\n"
         "# or move the token to a file and point [admin] token_file at it.\n\n"
+        if admin_token
+        else "# Written by `mailnode init`. It holds no secret: the admin token is in the environment\n"
+        "# file init wrote beside it (MAILNODE_ADMIN_TOKEN=…, mode 0600; systemd reads it as root).\n\n"
     )
     return header + set_values(reference, values)

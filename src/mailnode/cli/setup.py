@@ -55,18 +55,24 @@ def check_config(file: str) -> None:
     help="Where the database and the development certificate go.",
 )  # fmt: skip
 @click.option("--force", is_flag=True, help="Overwrite an existing config file (with a new admin token).")
+@click.option(
+    "--secrets-env", metavar="FILE",
+    help="Put the admin token in this environment file (MAILNODE_ADMIN_TOKEN=…, mode 0600) "
+    "instead of the config, which is then world-readable (systemd: EnvironmentFile=).",
+)  # fmt: skip
 @fail_cleanly
-def init(config_file: str, data_dir: str, force: bool) -> None:
+def init(config_file: str, data_dir: str, force: bool, secrets_env: str | None) -> None:
     """Write a commented config with a fresh admin token, a data directory and a dev certificate.
 
     The config is the annotated reference (every key, its default and why) with the database,
     the admin token and a self-signed TLS certificate of this installation filled in.
 
-    Example: mailnode init --config /etc/mailnode/mailnode.toml --data-dir /var/lib/mailnode
+    Example: mailnode init --config /etc/mailnode/mailnode.toml --data-dir /var/lib/mailnode \\
+                           --secrets-env /etc/mailnode/secrets.env
     """
     import tomllib
 
-    from mailnode.config import config_from_dict
+    from mailnode.config import config_from_dict, secret_env_var
     from mailnode.init_config import initial_config, reference_config
     from mailnode.smtp.tls import ensure_dev_certificate
 
@@ -77,17 +83,26 @@ def init(config_file: str, data_dir: str, force: bool) -> None:
     reference = reference_config()
     hostname = config_from_dict(tomllib.loads(reference)).smtp_hostname
     cert, key = ensure_dev_certificate(data / "tls", hostname)
+    token = secrets.token_urlsafe(32)
     text = initial_config(
         reference,
         storage_url=f"sqlite+aiosqlite:///{data / 'mailnode.db'}",
-        admin_token=secrets.token_urlsafe(32),
+        admin_token="" if secrets_env else token,
         cert_file=str(cert),
         key_file=str(key),
     )
-    config = config_from_dict(tomllib.loads(text))  # what serve will read must be valid
+    environ = {secret_env_var("admin", "token"): token} if secrets_env else {}
+    config = config_from_dict(tomllib.loads(text), environ)  # what serve will read must be valid
     version = _migrate(config)[1]
-    _write_private(path, text)
-    click.echo(f"wrote {path} (mode 0600: it holds the admin token)")
+    if secrets_env:
+        _write_private(Path(secrets_env), f"{secret_env_var('admin', 'token')}={token}\n")
+        _write_private(path, text)
+        path.chmod(0o644)
+        click.echo(f"wrote {path} (mode 0644: it holds no secret)")
+        click.echo(f"wrote {secrets_env} (mode 0600: the admin token)")
+    else:
+        _write_private(path, text)
+        click.echo(f"wrote {path} (mode 0600: it holds the admin token)")
     click.echo(f"database: {data / 'mailnode.db'} (schema version {version})")
     click.echo(f"TLS certificate: {cert} (self-signed, for development only)")
     click.echo(f"next: mailnode serve --config {path}")
