@@ -23,6 +23,7 @@ from mailnode.api.context import AppContext
 from mailnode.bus import Bus
 from mailnode.config import Config, IngressRoute
 from mailnode.core.dkim_keys import canonical_domain
+from mailnode.core.exploder import Mode
 from mailnode.errors import MailnodeError
 from mailnode.metrics import Metrics
 from mailnode.platform.bounces import BounceEndpoint, BounceHandler
@@ -121,6 +122,9 @@ class Service:
             TRACKING_KEYS, lambda: self.random_bytes(32)
         )
         await store.register_session(self.session_id)
+        orphans = await store.cancel_orphans(self.session_id, [mode.value for mode in Mode])
+        if orphans:
+            log.info("cancelled %d SMTP deliveries a stopped process left without their body", orphans)
         versions = VersionCache(poll_interval=config.delivery.poll_interval_seconds)
         store.subscribe(versions)
         self.output = self._output_handler(store)

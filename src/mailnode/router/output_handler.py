@@ -108,8 +108,15 @@ class OutputHandler:
         renewer = asyncio.create_task(self._renew_leases(), name="lease-renewal")
         try:
             while not self._stopping.is_set():
-                await self._claim_and_start()
-                await self._sleep_until_work()
+                try:
+                    await self._claim_and_start()
+                    await self._sleep_until_work()
+                except Exception:
+                    # A bug must not stop every delivery until a restart: log it, go on.
+                    log.exception("output handler: unexpected error; going on after a pause")
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._settings.poll_interval):
+                            await self._stopping.wait()
         finally:
             renewer.cancel()
             await asyncio.gather(renewer, return_exceptions=True)

@@ -698,6 +698,27 @@ class Store:
             changed.append(self._insert_transaction(conn, dsn, now))
         return changed
 
+    async def cancel_orphans(self, live_session: str, senders: Sequence[str]) -> int:
+        """Cancel deliveries of `senders` (the SMTP listeners') still awaiting their body that
+        another process started: it was killed before the client's DATA was committed, so the
+        client never heard 250 and will send again. Otherwise they would wait for
+        [storage] body_timeout_seconds. Call once at start, when no other process serves."""
+        now = self.clock()
+        orphans = select(transactions.c.rest_id).where(
+            transactions.c.status == Status.AWAITING_BODY.value,
+            transactions.c.sender.in_(list(senders)),
+            or_(transactions.c.lease_owner.is_(None), transactions.c.lease_owner != live_session),
+        )
+
+        def cancel_all(conn: Connection) -> list[TransactionRecord]:
+            rest_ids = list(conn.execute(orphans).scalars())
+            return [self._cancel(conn, rest_id, now)[0] for rest_id in rest_ids]
+
+        records = await self._writer.run(
+            cancel_all, on_commit=lambda records: self._notify(records, queued=False)
+        )
+        return len(records)
+
     async def expire_awaiting_body(self, older_than: float) -> int:
         """End deliveries whose body never arrived (final reason "downstream timeout")."""
         now = self.clock()
