@@ -1,10 +1,12 @@
 """What `GET /metrics` shows: one Prometheus registry per Service and the instruments it holds.
 
-Hot paths (an SMTP reply, a delivery attempt, an HTTP request) touch label children bound once
-and cached here, so counting costs a dictionary lookup and a locked add: well under a
-microsecond next to the ~3 ms of CPU an SMTP message takes. What the database knows (queue
-depth, the oldest due delivery, the outbox and webhook backlogs) is read at scrape time, in one
-unit of work on a database reader, never counted as it happens.
+Hot paths (an SMTP reply, a delivery attempt, an HTTP request) count on the event loop's
+thread into plain integers bound once per label set (`Tally`): about 0.1 µs each, where
+prometheus_client's own Counter takes a lock for every add (about 0.5 µs), and an SMTP message
+passes a dozen of them. The registry reads them when scraped, on the loop too. DKIM signing,
+timed on its worker thread, uses prometheus_client's thread-safe Histogram. What the database
+knows (queue depth, the oldest due delivery, the outbox and webhook backlogs) is read at scrape
+time, in one unit of work on a database reader, never counted as it happens.
 
 Labels hold bounded vocabularies only (listener names, reply classes, endpoint kinds, route
 patterns, event types): never an address, a token, a domain or an id.
@@ -12,13 +14,20 @@ patterns, event types): never an address, a token, a domain or an id.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from sqlalchemy import ColumnElement, Connection, and_, case, func, or_, select
 
 from mailnode.core.events import EventType
@@ -49,28 +58,105 @@ def endpoint_label(name: str | None) -> str:
     return "http" if kind in ("http", "https") else kind
 
 
+class Tally:
+    """A count that only the event loop's thread adds to: a plain int, no lock (one writer)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+
+
+class LoopHistogram:
+    """Observations from the event loop's thread only: a count per bucket and their sum."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # `le` is inclusive: value <= bound
+        self.total += value
+
+
+class CounterFamily:
+    """A labelled counter whose children are Tallies, each made on first use and kept."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
+        self._name, self._documentation, self._labels = name, documentation, list(labels)
+        self._children: dict[tuple[str, ...], Tally] = {}
+
+    def child(self, *values: str) -> Tally:
+        tally = self._children.get(values)
+        if tally is None:
+            tally = self._children[values] = Tally()
+        return tally
+
+    def describe(self) -> list[Metric]:
+        return [CounterMetricFamily(self._name, self._documentation, labels=self._labels)]
+
+    def collect(self) -> list[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=self._labels)
+        for values, tally in self._children.items():
+            family.add_metric(list(values), tally.value)
+        return [family]
+
+
+class HistogramFamily:
+    """A labelled histogram whose children are LoopHistograms over the same bounds."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str], bounds: Sequence[float]) -> None:
+        self._name, self._documentation, self._labels = name, documentation, list(labels)
+        self._bounds = tuple(bounds)
+        self._children: dict[tuple[str, ...], LoopHistogram] = {}
+
+    def child(self, *values: str) -> LoopHistogram:
+        histogram = self._children.get(values)
+        if histogram is None:
+            histogram = self._children[values] = LoopHistogram(self._bounds)
+        return histogram
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self._name, self._documentation, labels=self._labels)]
+
+    def collect(self) -> list[Metric]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labels)
+        edges = [repr(float(bound)) for bound in self._bounds] + ["+Inf"]  # 0.005, 1.0, ...
+        for values, histogram in self._children.items():
+            cumulative = itertools.accumulate(histogram.counts)
+            family.add_metric(list(values), list(zip(edges, cumulative, strict=True)), histogram.total)
+        return [family]
+
+
 class ListenerMetrics:
     """One SMTP listener's session and reply counters, bound to its label once."""
 
-    def __init__(self, sessions: Counter, replies: Counter, listener: str) -> None:
-        self.session = sessions.labels(listener)
-        self._replies = {digit: replies.labels(listener, name) for digit, name in REPLY_CLASSES.items()}
-        self._other = replies.labels(listener, "other")
+    def __init__(self, sessions: CounterFamily, replies: CounterFamily, listener: str) -> None:
+        self.session = sessions.child(listener)
+        self._replies = {digit: replies.child(listener, name) for digit, name in REPLY_CLASSES.items()}
+        self._other = replies.child(listener, "other")
 
     def reply(self, text: str | bytes) -> None:
         """Count one reply; the continuation lines of a multi-line reply pushed one by one are not."""
-        head = text[:4] if isinstance(text, str) else text[:4].decode("ascii", "replace")
-        if head[3:] == "-" and ("\n" not in text if isinstance(text, str) else b"\n" not in text):
+        if isinstance(text, bytes):  # the 421s written straight to the transport
+            text = text.decode("ascii", "replace")
+        if text[3:4] == "-" and "\n" not in text:
             return  # "250-SIZE …": an EHLO line; the last one ("250 …") counts the reply
-        self._replies.get(head[:1], self._other).inc()
+        self._replies.get(text[:1], self._other).inc()
 
 
 class EndpointMetrics:
     """One endpoint kind's delivery outcomes and attempt latency."""
 
-    def __init__(self, deliveries: Counter, latency: Histogram, endpoint: str) -> None:
-        self._outcomes = {status: deliveries.labels(name, endpoint) for status, name in OUTCOMES.items()}
-        self._latency = latency.labels(endpoint)
+    def __init__(self, deliveries: CounterFamily, latency: HistogramFamily, endpoint: str) -> None:
+        self._outcomes = {status: deliveries.child(name, endpoint) for status, name in OUTCOMES.items()}
+        self._latency = latency.child(endpoint)
 
     def attempted(self, status: Status, seconds: float) -> None:
         """Count an attempt's outcome (the delivery's next state) and observe how long it took."""
@@ -181,29 +267,26 @@ class Metrics:
 
     def __init__(self) -> None:
         registry = self.registry = CollectorRegistry()
-        self.smtp_sessions = Counter(
-            "mailnode_smtp_sessions", "SMTP connections accepted", ["listener"], registry=registry
+        self.smtp_sessions = CounterFamily(
+            "mailnode_smtp_sessions", "SMTP connections accepted", ["listener"]
         )
-        self.smtp_replies = Counter(
+        self.smtp_replies = CounterFamily(
             "mailnode_smtp_replies",
             "SMTP replies sent, by listener and code class (a multi-line reply counts once)",
             ["listener", "class"],
-            registry=registry,
         )
-        self.deliveries = Counter(
+        self.deliveries = CounterFamily(
             "mailnode_deliveries",
             "Delivery attempts recorded, by the delivery's outcome (delivered, deferred, failed) "
             "and endpoint kind",
             ["outcome", "endpoint"],
-            registry=registry,
         )
-        self.attempt_seconds = Histogram(
+        self.attempt_seconds = HistogramFamily(
             "mailnode_delivery_attempt_seconds",
             "How long a delivery attempt took, from its start to the endpoint's last answer "
             "(a cut-through attempt includes the time the client takes to send the message)",
             ["endpoint"],
-            buckets=ATTEMPT_BUCKETS,
-            registry=registry,
+            ATTEMPT_BUCKETS,
         )
         self.dkim_seconds = Histogram(
             "mailnode_dkim_signing_seconds",
@@ -212,21 +295,27 @@ class Metrics:
             buckets=DKIM_BUCKETS,
             registry=registry,
         )
-        self.http_requests = Counter(
+        self.http_requests = CounterFamily(
             "mailnode_http_requests",
             "HTTP requests answered, by method, route pattern and status",
             ["method", "route", "status"],
-            registry=registry,
         )
-        self.events = Counter(
-            "mailnode_events", "Events processed from the outbox, by type", ["type"], registry=registry
-        )
+        self.events = CounterFamily("mailnode_events", "Events processed from the outbox, by type", ["type"])
         self.store_state = StoreCollector()
-        registry.register(self.store_state)
+        for family in (
+            self.smtp_sessions,
+            self.smtp_replies,
+            self.deliveries,
+            self.attempt_seconds,
+            self.http_requests,
+            self.events,
+            self.store_state,
+        ):
+            registry.register(family)
         self._listeners: dict[str, ListenerMetrics] = {}
         self._endpoints: dict[str | None, EndpointMetrics] = {}
-        self._http: dict[tuple[str, str, int], Callable[[], None]] = {}
-        self._events = {kind: self.events.labels(kind.value) for kind in EventType}
+        self._http: dict[tuple[str, str, int], Tally] = {}
+        self._events = {kind: self.events.child(kind.value) for kind in EventType}
         self._dkim = {algorithm: self.dkim_seconds.labels(algorithm) for algorithm in ("rsa", "ed25519")}
 
     def listener(self, name: str) -> ListenerMetrics:
@@ -248,10 +337,10 @@ class Metrics:
     def http_request(self, method: str, route: str | None, status: int) -> None:
         """Count one answered request; `route` is the route's pattern (None: no route matched)."""
         key = (method if method in HTTP_METHODS else "other", route or UNMATCHED_ROUTE, status)
-        inc = self._http.get(key)
-        if inc is None:
-            inc = self._http[key] = self.http_requests.labels(key[0], key[1], str(status)).inc
-        inc()
+        tally = self._http.get(key)
+        if tally is None:
+            tally = self._http[key] = self.http_requests.child(key[0], key[1], str(status))
+        tally.inc()
 
     def event(self, kind: EventType) -> None:
         self._events[kind].inc()

@@ -1,11 +1,12 @@
-"""Domains: DKIM keys, tracking policy, API keys and the DNS records to publish."""
+"""Domains: DKIM keys, tracking policy, API keys, the DNS records to publish and the doctor's checks."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from mailnode.api.v1_domains import dns_problem, dns_records
-from mailnode.console.page import console, render
+from mailnode.console.page import BadInput, console, render, text_input
+from mailnode.doctor import DoctorReport, diagnose
 from mailnode.errors import NotFoundError
 
 
@@ -25,6 +26,15 @@ async def domain(request: web.Request) -> web.Response:
         records, problem = dns_records(state.ctx.config, record), None
     except ValueError as exc:
         records, problem = [], dns_problem(exc)
+    check = text_input(request.query, "check")
+    if check not in ("", "dns"):
+        raise BadInput("check: only dns")
+    report: DoctorReport | None = None
+    if check:
+        # Each lookup is bounded by [dns] timeout_seconds; unreachable DNS is a failed check.
+        report = await diagnose(
+            state.ctx.config, state.ctx.domains, domain=record.name, clock=state.store.clock
+        )
     return render(
         request,
         "domain.html",
@@ -33,5 +43,6 @@ async def domain(request: web.Request) -> web.Response:
         api_keys=keys,
         records=records,
         dns_problem=problem,
+        report=report,
         now=state.store.clock(),
     )
