@@ -179,3 +179,11 @@ def test_tests_building_configs_do_not_read_the_environment(monkeypatch: pytest.
     monkeypatch.setenv("MAILNODE_ADMIN_TOKEN", TOKEN)
     assert config_from_dict({}).admin_token() == ""
     assert load_config(None).admin_token() == TOKEN  # the process does
+
+
+def test_trusted_proxies_must_be_addresses_or_networks() -> None:
+    assert config_from_dict({"http": {"trusted_proxies": ["127.0.0.1", "10.0.0.0/8", "::1"]}})
+    with pytest.raises(
+        ConfigError, match=r"http.trusted_proxies: 'proxy.lan' is not an IP address or network"
+    ):
+        config_from_dict({"http": {"trusted_proxies": ["proxy.lan"]}})

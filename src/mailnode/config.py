@@ -78,6 +78,15 @@ def _at_least_one(value: float) -> str | None:
     return None if value >= 1 else "must be at least 1"
 
 
+def _networks(value: tuple[str, ...]) -> str | None:
+    for text in value:
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            return f"{text!r} is not an IP address or network (e.g. 127.0.0.1 or 10.0.0.0/8)"
+    return None
+
+
 def _check(fn: typing.Callable[[Any], str | None]) -> dict[str, Any]:
     return {"check": fn}
 
@@ -99,6 +108,9 @@ class HttpConfig:
     listen: HostPort = HostPort("127.0.0.1", 8025)
     # The largest request body accepted (a message, an upload chunk).
     max_body_bytes: int = field(default=64 * 1024 * 1024, metadata=_check(_positive))
+    # Reverse proxies (addresses or networks) whose X-Forwarded-For and X-Forwarded-Proto are
+    # believed: tracking in "full" mode, login throttling and logs then see the real client.
+    trusted_proxies: tuple[str, ...] = field(default=(), metadata=_check(_networks))
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from mailnode.api import (
 from mailnode.api.auth import PRINCIPAL, authenticate, require_admin, require_key, unauthorized
 from mailnode.api.context import CONTEXT, AppContext, context
 from mailnode.api.errors import Handler, error_middleware
+from mailnode.api.proxies import forwarded_middleware, parse_networks
 from mailnode.errors import StorageError
 from mailnode.metrics import Metrics
 
@@ -119,7 +120,12 @@ async def readyz(request: web.Request) -> web.Response:
 def create_app(ctx: AppContext) -> web.Application:
     """Build the application around already-started services."""
     app = web.Application(
-        middlewares=[counting_middleware(ctx.metrics), error_middleware, auth_middleware],
+        middlewares=[
+            forwarded_middleware(parse_networks(ctx.config.http.trusted_proxies)),
+            counting_middleware(ctx.metrics),
+            error_middleware,
+            auth_middleware,
+        ],
         client_max_size=ctx.config.http.max_body_bytes,
     )
     app[CONTEXT] = ctx
