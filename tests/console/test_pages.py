@@ -94,7 +94,9 @@ async def test_the_overview_counts_today_and_the_week_with_a_chart_and_queue_hea
     cells = re.findall(r"<td>([\d,]+)</td>", today_row.group(1))
     assert cells == ["3", "1", "1", "1", "0", "0"]  # accepted, delivered, deferred, bounced, opens, clicks
     assert "<svg" in page.text and f"<title>delivered on {TODAY}: 1</title>" in page.text
-    assert re.search(r'<dt><a href="/ui/queue\?view=deferred">deferred</a></dt><dd>1</dd>', page.text)
+    assert re.search(
+        r'<dt><a href="/ui/queue\?view=deferred">waiting for a later attempt</a></dt><dd>1</dd>', page.text
+    )
     assert re.search(r"failed, last 24 h</a></dt><dd class=\"bad\">1</dd>", page.text)
 
 

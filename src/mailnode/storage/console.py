@@ -111,7 +111,7 @@ class DeliveryDetail:
 @dataclass(frozen=True, slots=True)
 class QueueHealth:
     due: int  # queued, due now, nobody holds them
-    deferred: int  # queued after a failed attempt
+    later: int  # queued for a later attempt: deferred after a failed one, or scheduled
     in_flight: int
     awaiting_body: int
     oldest_due_at: float | None
@@ -264,29 +264,27 @@ def _daily_counts(conn: Connection, since_day: int, days: int) -> dict[str, list
 
 
 def _queue_health(conn: Connection, now: float) -> QueueHealth:
-    queued = transactions.c.status == Status.QUEUED.value
-    held = and_(transactions.c.lease_owner.is_not(None), transactions.c.lease_expires_at >= now)
-    due = and_(transactions.c.next_attempt_at <= now, ~held)
-    row = conn.execute(
-        select(
-            func.count().filter(due),
-            func.count().filter(and_(transactions.c.attempt_count > 0, ~held)),
-            func.count().filter(held),
-            func.min(transactions.c.next_attempt_at).filter(due),
-        ).where(queued)
+    # Counted within ix_transactions_due (status, next_attempt_at): what waits for later is
+    # counted from the index alone, only the due range (short, unless mail is stuck) is read.
+    t = transactions.c
+    queued = t.status == Status.QUEUED.value
+    held = and_(t.lease_owner.is_not(None), t.lease_expires_at >= now)
+    later = select(func.count()).where(queued, t.next_attempt_at > now)
+    due = conn.execute(
+        select(func.count(), func.count().filter(held), func.min(t.next_attempt_at).filter(~held)).where(
+            queued, t.next_attempt_at <= now
+        )
     ).one()
-    awaiting = select(func.count()).where(transactions.c.status == Status.AWAITING_BODY.value)
-    failed = select(func.count()).where(
-        transactions.c.status == Status.FAILED.value, transactions.c.finished_at >= now - DAY
-    )
+    awaiting = select(func.count()).where(t.status == Status.AWAITING_BODY.value)
+    failed = select(func.count()).where(t.status == Status.FAILED.value, t.finished_at >= now - DAY)
     backlog = select(func.count()).where(webhook_deliveries.c.status == "pending")
     unprocessed = select(func.count()).where(events.c.processed.is_(False))
     return QueueHealth(
-        due=row[0],
-        deferred=row[1],
-        in_flight=row[2],
+        due=due[0] - due[1],
+        later=conn.execute(later).scalar_one(),
+        in_flight=due[1],
         awaiting_body=conn.execute(awaiting).scalar_one(),
-        oldest_due_at=row[3],
+        oldest_due_at=due[2],
         failed_last_day=conn.execute(failed).scalar_one(),
         webhook_backlog=conn.execute(backlog).scalar_one(),
         events_unprocessed=conn.execute(unprocessed).scalar_one(),
