@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from bench_smtp import PhaseResult, SizeRun
-from benchlib.memory import DepthReading
+from benchlib.memory import DepthReading, MemoryReadings
 from benchlib.results import Goal, Row, WorkloadOutcome, cell, document, number, schema_problems, table
 from benchlib.suite import FULL, QUICK, latency_rows, memory_rows, parse_args, smtp_rows
 
@@ -176,17 +176,22 @@ def test_latency_rows_are_overheads_at_one_and_twenty_clients() -> None:
 
 
 def test_memory_rows_compare_with_the_empty_queue_and_hold_the_goal_at_the_deepest() -> None:
-    def reading(queued: int, rss: float, ready: float) -> DepthReading:
-        return DepthReading(queued, rss, rss, ready, queued / 1000)
+    def reading(queued: int, rss: float, ready: float, attempts: int = 0) -> DepthReading:
+        return DepthReading(queued, rss, rss, ready, queued / 1000, attempts)
 
-    rows = memory_rows(
-        {0: [reading(0, 80, 1.0)], 10_000: [reading(10_000, 82, 1.0)], 100_000: [reading(100_000, 90, 1.2)]}
-    )
+    deferred = {
+        0: [reading(0, 80, 1.0)],
+        10_000: [reading(10_000, 82, 1.0)],
+        100_000: [reading(100_000, 90, 1.2)],
+    }
+    rows = memory_rows(MemoryReadings(deferred, due=[reading(100_000, 210, 1.1, attempts=900)]))
     assert [(r.figure, r.mailnode, r.reference_values, r.goal_met()) for r in rows] == [
-        ("peak RSS, 10,000 deliveries queued", (82,), (80,), None),
-        ("peak RSS, 100,000 deliveries queued", (90,), (80,), True),
+        ("peak RSS, 10,000 deliveries queued (deferred)", (82,), (80,), None),
+        ("peak RSS, 100,000 deliveries queued (deferred)", (90,), (80,), True),
+        ("peak RSS, 100,000 due, upstream refusing", (210,), (80,), False),
         ("start-up with 100,000 queued: exec -> READY=1", (1.2,), (1.0,), None),
     ]
+    assert rows[2].note == "900 attempts deferred"
 
 
 # -- the command line -----------------------------------------------------------------------------

@@ -8,18 +8,24 @@ then `settle` seconds of its normal life (the output handler's polls, housekeepi
 workers), with `/readyz` asked once a second as a monitor would (it looks at the queue).
 The figure is the process's peak RSS (VmHWM) over all of it; the reference is the same at
 0 queued, so the ratio shows what the queue costs beyond the process itself. The database
-size beside it is "the rows themselves". The upstream is a closed loopback port: nothing is
-due, and nothing would leave the machine if it were.
+size beside it is "the rows themselves".
+
+Last, the deepest queue is made due (its rows' next attempt set to now in the stopped
+database, as if the day had passed) and measured once more: the output handler then claims
+and attempts them against the upstream, a closed loopback port, so every attempt is deferred
+(connection refused): the queue under load, not at rest. Nothing leaves the machine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
+import sqlite3
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +52,13 @@ class DepthReading:
     final_rss_mib: float  # VmRSS at the end of the settle time
     ready_seconds: float  # exec -> READY=1
     database_mib: float  # the SQLite files (database and WAL)
+    attempts: int = 0  # delivery attempts made during the process's life
+
+
+@dataclass(frozen=True)
+class MemoryReadings:
+    deferred: dict[int, list[DepthReading]]  # by depth: scheduled a day ahead, nothing due
+    due: list[DepthReading] = field(default_factory=list)  # the deepest queue, all due
 
 
 def memory_config(data_dir: Path, http_port: int, log_level: str, sqlite_synchronous: str) -> str:
@@ -98,6 +111,18 @@ def database_mib(data_dir: Path) -> float:
     return sum(p.stat().st_size for p in data_dir.glob("mailnode.db*")) / MIB
 
 
+def make_due(database: Path, now: float) -> int:
+    """Make every queued delivery due at `now` (mailnode stopped); how many there are."""
+    with contextlib.closing(sqlite3.connect(database)) as db, db:
+        cursor = db.execute("UPDATE transactions SET next_attempt_at = ? WHERE status = 'queued'", (now,))
+        return cursor.rowcount
+
+
+def attempt_count(database: Path) -> int:
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        return int(db.execute("SELECT count(*) FROM attempts").fetchone()[0])
+
+
 async def measure_depth(config: Path, data_dir: Path, url: str, queued: int, settle: float) -> DepthReading:
     """A fresh process on the data directory: READY, `settle` seconds of life, its memory."""
     async with serve_until_ready(config) as (child, ready_seconds), aiohttp.ClientSession() as http:
@@ -120,11 +145,13 @@ async def measure_depth(config: Path, data_dir: Path, url: str, queued: int, set
 
 async def memory_runs(
     depths: Sequence[int], runs: int, settle: float, log_level: str = "info", sqlite_synchronous: str = "full"
-) -> dict[int, list[DepthReading]]:
-    """Readings by depth (ascending), `runs` fresh processes at each; the queue only grows."""
-    readings: dict[int, list[DepthReading]] = {}
+) -> MemoryReadings:
+    """Readings by depth (ascending), `runs` fresh processes at each (the queue only grows);
+    then `runs` more with the deepest queue due."""
+    readings = MemoryReadings({})
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         data_dir = Path(tmp)
+        database = data_dir / "mailnode.db"
         port = free_port(HOST)
         url = f"http://{HOST}:{port}"
         config = data_dir / "mailnode.toml"
@@ -137,11 +164,23 @@ async def memory_runs(
                     key = await admin_setup(http, url, ADMIN_TOKEN, DOMAIN, "ed25519")
                 await enqueue(http, url, key, queued, depth - queued)
             queued = depth
-            readings[depth] = [await measure_depth(config, data_dir, url, depth, settle) for _ in range(runs)]
-            last = readings[depth][-1]
-            print(
-                f"memory: {depth} queued: peak RSS {last.peak_rss_mib:.1f} MiB, "
-                f"READY after {last.ready_seconds:.2f} s, database {last.database_mib:.1f} MiB",
-                flush=True,
-            )
+            readings.deferred[depth] = [
+                await measure_depth(config, data_dir, url, depth, settle) for _ in range(runs)
+            ]
+            _print(readings.deferred[depth][-1], "queued")
+        for _ in range(runs):
+            due = make_due(database, time.time())
+            before = attempt_count(database)
+            reading = await measure_depth(config, data_dir, url, due, settle)
+            readings.due.append(replace(reading, attempts=attempt_count(database) - before))
+            _print(readings.due[-1], "due")
     return readings
+
+
+def _print(reading: DepthReading, state: str) -> None:
+    attempts = f", {reading.attempts} attempts" if reading.attempts else ""
+    print(
+        f"memory: {reading.queued} {state}: peak RSS {reading.peak_rss_mib:.1f} MiB, "
+        f"READY after {reading.ready_seconds:.2f} s, database {reading.database_mib:.1f} MiB{attempts}",
+        flush=True,
+    )

@@ -36,7 +36,7 @@ import bench_send
 import bench_smtp
 
 from benchlib.mailnode import base_config
-from benchlib.memory import DepthReading, memory_runs
+from benchlib.memory import MemoryReadings, memory_runs
 from benchlib.report import environment, leaf_exceptions, write_report
 from benchlib.results import Goal, Row, WorkloadOutcome, document, table
 from benchlib.startup import startup_run
@@ -224,28 +224,43 @@ async def run_send(options: Options, outcome: WorkloadOutcome) -> None:
     outcome.details = {"options": _plain(send_options), "summary": _plain(summary)}
 
 
-def memory_rows(readings: dict[int, list[DepthReading]]) -> list[Row]:
-    """Peak RSS at each depth against the same at 0 queued; the goal at the deepest."""
-    base = min(readings)
-    deepest = max(readings)
-    reference = tuple(r.peak_rss_mib for r in readings[base])
+def memory_rows(readings: MemoryReadings) -> list[Row]:
+    """Peak RSS at each depth against the same at 0 queued; the goal at the deepest, at rest
+    and due; start-up time with the deepest queue against the empty one."""
+    deferred = readings.deferred
+    base, deepest = min(deferred), max(deferred)
+    reference = tuple(r.peak_rss_mib for r in deferred[base])
+    goal = Goal("mailnode", at_most=200.0, text="<= 200 MB")
     rows = []
-    for depth, runs in sorted(readings.items()):
+    for depth, runs in sorted(deferred.items()):
         if depth == base:
             continue
-        goal = Goal("mailnode", at_most=200.0, text="<= 200 MB") if depth == deepest else None
-        database = runs[-1].database_mib
         rows.append(
             Row(
                 "memory",
-                f"peak RSS, {depth:,} deliveries queued",
+                f"peak RSS, {depth:,} deliveries queued (deferred)",
                 "MiB",
                 tuple(r.peak_rss_mib for r in runs),
                 f"the same at {base:,} queued",
                 reference,
                 "ratio",
+                goal if depth == deepest else None,
+                note=f"database {runs[-1].database_mib:.0f} MiB",
+            )
+        )
+    if readings.due:
+        attempts = min(r.attempts for r in readings.due)
+        rows.append(
+            Row(
+                "memory",
+                f"peak RSS, {deepest:,} due, upstream refusing",
+                "MiB",
+                tuple(r.peak_rss_mib for r in readings.due),
+                f"the same at {base:,} queued",
+                reference,
+                "ratio",
                 goal,
-                note=f"database {database:.0f} MiB",
+                note=f"{attempts:,} attempts deferred",
             )
         )
     rows.append(
@@ -253,9 +268,9 @@ def memory_rows(readings: dict[int, list[DepthReading]]) -> list[Row]:
             "memory",
             f"start-up with {deepest:,} queued: exec -> READY=1",
             "s",
-            tuple(r.ready_seconds for r in readings[deepest]),
+            tuple(r.ready_seconds for r in deferred[deepest]),
             f"the same at {base:,} queued",
-            tuple(r.ready_seconds for r in readings[base]),
+            tuple(r.ready_seconds for r in deferred[base]),
             "ratio",
         )
     )
@@ -266,10 +281,7 @@ async def run_memory(options: Options, outcome: WorkloadOutcome) -> None:
     scale = options.scale
     readings = await memory_runs(scale.memory_depths, options.runs, scale.memory_settle)
     outcome.rows = memory_rows(readings)
-    outcome.details = {
-        "settle_seconds": scale.memory_settle,
-        "readings": {str(depth): [_plain(r) for r in runs] for depth, runs in readings.items()},
-    }
+    outcome.details = {"settle_seconds": scale.memory_settle, "readings": _plain(readings)}
 
 
 async def run_startup(options: Options, outcome: WorkloadOutcome) -> None:
