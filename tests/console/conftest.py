@@ -24,7 +24,7 @@ async def node(mailnode_factory: MailnodeFactory) -> Mailnode:
 
 @pytest.fixture
 async def browser(node: Mailnode) -> AsyncIterator[Browser]:
-    client = Browser(node)
+    client = Browser(node.url)
     yield client
     await client.close()
 

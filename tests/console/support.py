@@ -9,7 +9,6 @@ from typing import Any
 import aiohttp
 
 from tests.conftest import ADMIN_TOKEN
-from tests.support.mailnode import Mailnode
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
@@ -31,19 +30,19 @@ class Page:
 class Browser:
     """Requests with cookies kept (aiohttp keeps none for an IP address unless told to)."""
 
-    def __init__(self, node: Mailnode) -> None:
-        self.node = node
+    def __init__(self, url: str) -> None:
+        self.url = url  # where mailnode's HTTP listener is, e.g. http://127.0.0.1:40123
         self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
 
     async def close(self) -> None:
         await self.http.close()
 
     async def get(self, path: str, *, follow: bool = True) -> Page:
-        async with self.http.get(f"{self.node.url}{path}", allow_redirects=follow) as response:
+        async with self.http.get(f"{self.url}{path}", allow_redirects=follow) as response:
             return Page(response.status, await response.text(), response.headers, str(response.url))
 
     async def post(self, path: str, form: dict[str, str], *, follow: bool = False) -> Page:
-        async with self.http.post(f"{self.node.url}{path}", data=form, allow_redirects=follow) as response:
+        async with self.http.post(f"{self.url}{path}", data=form, allow_redirects=follow) as response:
             return Page(response.status, await response.text(), response.headers, str(response.url))
 
     async def login(self, token: str = ADMIN_TOKEN) -> Page:

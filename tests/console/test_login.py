@@ -59,7 +59,7 @@ async def test_a_wrong_token_is_refused_slowly_then_the_address_is_locked_out(br
 async def test_the_login_form_needs_its_own_csrf_token(browser: Browser) -> None:
     await browser.get("/ui/login")  # sets the login cookie
     assert (await browser.post("/ui/login", {"csrf": "forged", "token": ADMIN_TOKEN})).status == 403
-    fresh = Browser(browser.node)  # no login cookie at all: a cross-site POST
+    fresh = Browser(browser.url)  # no login cookie at all: a cross-site POST
     try:
         assert (await fresh.post("/ui/login", {"csrf": "x", "token": ADMIN_TOKEN})).status == 403
     finally:
@@ -102,7 +102,7 @@ async def test_the_console_session_is_not_an_api_credential_and_the_api_token_op
 
 async def test_a_login_never_redirects_to_another_site(node: Mailnode) -> None:
     for target in ("https://evil.test/", "//evil.test/ui/", "/ui/\\evil", "/v1/domains"):
-        browser = Browser(node)
+        browser = Browser(node.url)
         try:
             form = await browser.get("/ui/login")
             answer = await browser.post(
@@ -115,7 +115,7 @@ async def test_a_login_never_redirects_to_another_site(node: Mailnode) -> None:
 
 async def test_without_an_admin_token_the_console_is_closed(mailnode_factory) -> None:
     node = await mailnode_factory(delivery={"mode": "capture"})
-    browser = Browser(node)
+    browser = Browser(node.url)
     try:
         form = await browser.get("/ui/login")
         assert "The console is closed" in form.text

@@ -67,6 +67,8 @@ async def _serve(config: Config, path: Path | None) -> None:
     def ready(service: Service) -> None:
         click.echo(f"mailnode {__version__} is running", err=True)
         click.echo(f"  HTTP API:   {service.base_url}", err=True)
+        login = "log in with the admin token" if config.admin_token() else "closed: set [admin] token"
+        click.echo(f"  console:    {service.base_url}/ui/   ({login})", err=True)
         for name, (host, port) in (service.smtp.addresses if service.smtp else {}).items():
             click.echo(f"  SMTP {name + ':':<11} {host}:{port}", err=True)
         click.echo(f"  database:   {config.storage.url}", err=True)
