@@ -1,8 +1,10 @@
 """Where the SMTP exploder and one delivery's running attempt meet.
 
 The attempt (in the output handler) reports the upstream's envelope and data answers; the
-exploder hands over the message at the end of DATA and, once it has answered its client,
-settles the delivery's fate. Everything here is in-process and bounded by the caller's waits.
+exploder hands over the message at the end of DATA — at once, so the attempt can run its
+filters (DKIM signing) while the body is being committed — then says whether the commit
+succeeded, and once it has answered its client, settles the delivery's fate. The attempt sends
+DATA upstream only after the commit. Everything here is in-process and bounded by the caller's waits.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class CutThrough:
         self.record = record
         self._envelope: asyncio.Future[AttemptResult] = loop.create_future()
         self._message: asyncio.Future[bytes | None] = loop.create_future()
+        self._committed: asyncio.Future[bool] = loop.create_future()
         self._data: asyncio.Future[AttemptResult] = loop.create_future()
         self._fate: asyncio.Future[Fate] = loop.create_future()
 
@@ -55,6 +58,12 @@ class CutThrough:
             return await asyncio.wait_for(asyncio.shield(self._message), timeout)
         return None
 
+    async def committed(self, timeout: float) -> bool:
+        """Whether the message handed over is stored: only then may it go upstream."""
+        with contextlib.suppress(TimeoutError):
+            return await asyncio.wait_for(asyncio.shield(self._committed), timeout)
+        return False
+
     async def fate(self, timeout: float) -> Fate:
         """The exploder's verdict; a verdict that never comes counts as a cancellation."""
         with contextlib.suppress(TimeoutError):
@@ -70,8 +79,14 @@ class CutThrough:
         return None
 
     def send(self, message: bytes) -> None:
+        """The client's whole message, not yet committed (see `commit`)."""
         if not self._message.done():
             self._message.set_result(message)
+
+    def commit(self) -> None:
+        """The message is stored durably: the attempt may send it upstream."""
+        if not self._committed.done():
+            self._committed.set_result(True)
 
     @property
     def data_future(self) -> asyncio.Future[AttemptResult]:
@@ -88,6 +103,8 @@ class CutThrough:
             self._fate.set_result(fate)
         if not self._message.done():
             self._message.set_result(None)
+        if not self._committed.done():
+            self._committed.set_result(fate is not Fate.CANCELLED)
 
     @property
     def settled(self) -> bool:

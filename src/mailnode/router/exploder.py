@@ -191,6 +191,8 @@ class DownstreamTransaction:
         taking = [h for h in self._accepted if id(h) not in refused]
         if not taking:
             return self._answer(refused)
+        for handle in taking:  # their filters run while the body is committed; DATA waits for it
+            handle.send(message)
         try:
             await self._x._store.attach_body([h.record.id for h in taking], message, self._copies(taking))
         except StorageError:
@@ -201,7 +203,7 @@ class DownstreamTransaction:
         # anything. It may send again (a duplicate), but nothing committed is ever dropped.
         self._committed = True
         for handle in taking:
-            handle.send(message)
+            handle.commit()
         pending = [h.data_future for h in taking if not h.data_future.done()]
         if pending:
             await asyncio.wait(pending, timeout=self._timeouts.data)

@@ -335,6 +335,8 @@ class OutputHandler:
                     if message is None:
                         return envelope, None
                     delivery = await self._filter(record, message)
+                    if not await handle.committed(wait_limit):
+                        return envelope, None  # not stored (the client gets 451): never sent
                     return await session.data(delivery.message), message
                 finally:
                     await session.close()
