@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from tests.support.sink import Reply, Sink
 from tests.support.webhook_receiver import WebhookReceiver
 
 TODAY = datetime.datetime.now(datetime.UTC).date().isoformat()
+DAY = 86400
 
 
 @pytest.fixture
@@ -98,6 +100,20 @@ async def test_the_overview_counts_today_and_the_week_with_a_chart_and_queue_hea
         r'<dt><a href="/ui/queue\?view=deferred">waiting for a later attempt</a></dt><dd>1</dd>', page.text
     )
     assert re.search(r"failed, last 24 h</a></dt><dd class=\"bad\">1</dd>", page.text)
+
+
+async def test_the_week_adds_up_whole_utc_days(
+    node: Mailnode, logged_in: Browser, sent: dict[str, Any]
+) -> None:
+    today = int(time.time() // DAY) * DAY
+    yesterday = datetime.datetime.fromtimestamp(today - DAY, datetime.UTC).date().isoformat()
+    for start, count in ((today - DAY + 23 * 3600, 5), (today - 6 * DAY, 7), (today - 7 * DAY + 3600, 100)):
+        node.rows("INSERT INTO stats_hourly VALUES ('example.com', ?, 'delivered', ?, 0, 0)", start, count)
+    page = await logged_in.get("/ui/")
+    week = re.search(r"<th>last 7 days</th>(.*?)</tr>", page.text, re.S)
+    assert week is not None
+    assert re.findall(r"<td>([\d,]+)</td>", week.group(1))[1] == "13"  # 1 today + 5 + 7; not the 100
+    assert f"<title>delivered on {yesterday}: 5</title>" in page.text
 
 
 async def test_messages_are_found_by_recipient_sender_batch_status_and_date(

@@ -252,14 +252,16 @@ def _daily_counts(conn: Connection, since_day: int, days: int) -> dict[str, list
     totals: dict[str, list[int]] = {kind.value: [0] * days for kind in EventType}
     if not names:
         return totals
-    query = select(stats_hourly.c.hour, stats_hourly.c.type, stats_hourly.c["count"]).where(
-        stats_hourly.c.domain.in_(names),
-        stats_hourly.c.hour >= since_day,
-        stats_hourly.c.hour < since_day + days * DAY,
+    s = stats_hourly.c
+    day = ((s.hour - since_day) // DAY).label("day")
+    query = (
+        select(day, s.type, func.sum(s["count"]))
+        .where(s.domain.in_(names), s.hour >= since_day, s.hour < since_day + days * DAY)
+        .group_by(day, s.type)
     )
-    for hour, kind, count in conn.execute(query):
+    for index, kind, count in conn.execute(query):
         if kind in totals:
-            totals[kind][(hour - since_day) // DAY] += count
+            totals[kind][int(index)] += int(count)
     return totals
 
 
