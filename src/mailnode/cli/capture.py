@@ -23,7 +23,10 @@ from mailnode.errors import MailnodeError
 
 @click.group()
 def capture() -> None:
-    """Read messages kept by the capture endpoint (the developer default)."""
+    """Read messages kept by the capture endpoint (the developer default).
+
+    Example: mailnode capture list --limit 5
+    """
 
 
 @capture.command("list")

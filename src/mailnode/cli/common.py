@@ -64,10 +64,11 @@ class CommandLine(click.Group):
             result = super().main(args, prog_name, complete_var, False, **extra)
         except click.UsageError as exc:
             where = "mailnode" if exc.ctx is None else _command_path(exc.ctx)
-            click.echo(f"{where}: {exc.format_message()} (see --help)", err=True)
+            message = " ".join(exc.format_message().split())  # click's choice lists span lines
+            click.echo(f"{where}: {message} (see --help)", err=True)
             sys.exit(exc.exit_code)
         except click.ClickException as exc:
-            click.echo(f"mailnode: {exc.format_message()}", err=True)
+            click.echo(f"mailnode: {' '.join(exc.format_message().split())}", err=True)
             sys.exit(exc.exit_code)
         except click.Abort:
             click.echo("mailnode: aborted", err=True)

@@ -29,7 +29,10 @@ from mailnode.storage.domains import DomainRecord
 
 @click.group()
 def domain() -> None:
-    """Sending domains (/v1): DKIM keys and the DNS records to publish."""
+    """Sending domains (/v1): DKIM keys and the DNS records to publish.
+
+    Example: mailnode domain create example.com
+    """
 
 
 def _echo_records(config: Config, record: DomainRecord) -> None:

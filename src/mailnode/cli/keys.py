@@ -52,7 +52,10 @@ async def create_key(config: Config, *, name: str, domain: str | None, expires_a
 
 @click.group()
 def key() -> None:
-    """Create, list and revoke API keys (they authenticate the REST API)."""
+    """Create, list and revoke API keys (they authenticate the REST API).
+
+    Example: mailnode key create --name "billing app" --domain example.com
+    """
 
 
 @key.command("create")

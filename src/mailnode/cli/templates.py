@@ -15,7 +15,10 @@ from mailnode.errors import NotFoundError
 
 @click.group()
 def template() -> None:
-    """Read the templates of a sending domain (create and change them with /v1)."""
+    """Read the templates of a sending domain (create and change them with /v1).
+
+    Example: mailnode template list --domain example.com
+    """
 
 
 @template.command("list")
