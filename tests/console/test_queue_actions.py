@@ -91,7 +91,7 @@ async def test_retry_queues_a_failed_delivery_for_one_more_attempt(
         [("delivered", 2, "upstream response success")],
     )
     again = await logged_in.post(f"/ui/queue/{rest_id}/retry", {"csrf": failed.csrf})
-    assert again.status == 409 and "a delivered delivery cannot be retried" in again.text
+    assert again.status == 409 and "only queued and failed ones can be retried" in again.text
     assert (await logged_in.post("/ui/queue/nope/retry", {"csrf": failed.csrf})).status == 404
 
 

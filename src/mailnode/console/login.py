@@ -25,8 +25,8 @@ MAX_TOKEN_LENGTH = 1024
 
 
 def _cookie(response: web.Response, request: web.Request, name: str, value: str, max_age: int) -> None:
-    # Secure when the browser came over https (a TLS-terminating proxy included: its
-    # X-Forwarded-Proto is not trusted here, so put the console behind it with https only).
+    # Secure when the browser came over https: directly, or through a proxy listed in
+    # [http] trusted_proxies (its X-Forwarded-Proto is believed; api/proxies.py).
     response.set_cookie(
         name,
         value,

@@ -67,7 +67,7 @@ async def queue(request: web.Request) -> web.Response:
 
 async def retry(request: web.Request) -> web.Response:
     rest_id = request.match_info["rest_id"]
-    await console(request).store.retry(rest_id)
+    await console(request).ctx.store.retry(rest_id)
     log.info("console: retry delivery=%s", rest_id)
     return await _back(request, "retried")
 

@@ -1,4 +1,4 @@
-"""What the web console reads (and the two queue actions it writes), on the Store's threads.
+"""What the web console reads, on the Store's reader threads (its actions are the Store's own).
 
 Every list is a keyset page (a cursor from the last row shown, never OFFSET) of at most
 MAX_PAGE rows, and walks an index where the schema has one: the queue by (status,
@@ -19,14 +19,14 @@ from email.policy import compat32
 from email.policy import default as default_policy
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, or_, select, update
+from sqlalchemy import Connection, and_, func, or_, select
 
 from mailnode.core.events import Event, EventType
-from mailnode.core.outcome import AttemptResult, Status, check_transition
+from mailnode.core.outcome import AttemptResult, Status
 from mailnode.core.response import Response
-from mailnode.core.transaction import AttemptRecord, TransactionRecord
-from mailnode.errors import ConflictError, NotFoundError
-from mailnode.storage.store import LOAD_TRANSACTIONS, Store, load_rows
+from mailnode.core.transaction import AttemptRecord
+from mailnode.errors import NotFoundError
+from mailnode.storage.store import Store
 from mailnode.storage.tables import (
     attempts,
     batches,
@@ -179,7 +179,7 @@ class WebhookDeliveryRow:
 
 
 class ConsoleStore:
-    """The console's queries; each is one unit on a reader thread (the actions on the writer)."""
+    """The console's queries; each is one unit on a reader thread."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -233,14 +233,6 @@ class ConsoleStore:
         self, webhook_id: str, *, before_id: int | None, limit: int
     ) -> list[WebhookDeliveryRow]:
         return await self._store.read(lambda conn: _webhook_deliveries(conn, webhook_id, before_id, limit))
-
-    async def retry(self, rest_id: str) -> TransactionRecord:
-        """Make a deferred or failed delivery due now (an operator's retry)."""
-        now = self.clock()
-        return await self._store.write(
-            lambda conn: _retry(conn, rest_id, now),
-            on_commit=lambda record: self._store.notify([record], queued=True),
-        )
 
 
 # -- the overview ----------------------------------------------------------------------------
@@ -503,34 +495,6 @@ def _queue(
         )
     statement = _ROW.where(*where).order_by(t.next_attempt_at, t.id).limit(limit)
     return _rows(conn, statement, now)
-
-
-def _retry(conn: Connection, rest_id: str, now: float) -> TransactionRecord:
-    found = load_rows(conn, LOAD_TRANSACTIONS.where(transactions.c.rest_id == rest_id))
-    if not found:
-        raise NotFoundError(f"no delivery {rest_id!r}")
-    ((row, record),) = found
-    if row.lease_owner is not None and (row.lease_expires_at or 0) >= now:
-        raise ConflictError("the delivery is being attempted right now")
-    if record.status is not Status.QUEUED:
-        try:
-            check_transition(record.status, Status.QUEUED)
-        except ValueError:
-            raise ConflictError(f"a {record.status.value} delivery cannot be retried") from None
-    conn.execute(
-        update(transactions)
-        .where(transactions.c.id == record.id)
-        .values(
-            status=Status.QUEUED.value,
-            next_attempt_at=now,
-            final_attempt_reason=None,
-            finished_at=None,
-            updated_at=now,
-            version=transactions.c.version + 1,
-        )
-    )
-    ((_, retried),) = load_rows(conn, LOAD_TRANSACTIONS.where(transactions.c.id == record.id))
-    return retried
 
 
 # -- captures, suppressions, webhooks ----------------------------------------------------------
