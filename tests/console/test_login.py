@@ -123,3 +123,25 @@ async def test_without_an_admin_token_the_console_is_closed(mailnode_factory) ->
         assert answer.status == 401
     finally:
         await browser.close()
+
+
+async def test_the_cookie_is_secure_when_a_trusted_proxy_says_the_browser_used_https(
+    mailnode_factory,
+) -> None:
+    node = await mailnode_factory(
+        admin={"token": ADMIN_TOKEN}, delivery={"mode": "capture"}, http={"trusted_proxies": ["127.0.0.1"]}
+    )
+    browser = Browser(node.url)
+    try:
+        form = await browser.get("/ui/login")
+        async with browser.http.post(
+            f"{node.url}/ui/login",
+            data={"csrf": form.csrf, "token": ADMIN_TOKEN},
+            headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"},
+            allow_redirects=False,
+        ) as answer:
+            assert answer.status == 303
+            morsel = set_cookie(answer.headers, "mailnode_session")["mailnode_session"]
+    finally:
+        await browser.close()
+    assert morsel["secure"] is True and morsel["httponly"] is True and morsel["samesite"] == "Strict"
