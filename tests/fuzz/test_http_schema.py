@@ -41,7 +41,7 @@ from schemathesis.specs.openapi.checks import (
 from tests.conftest import ADMIN_TOKEN, MailnodeFactory
 from tests.support.platform import admin_headers, create_domain, send
 
-EXAMPLES = {GenerationMode.POSITIVE: 12, GenerationMode.NEGATIVE: 6}
+EXAMPLES = {GenerationMode.POSITIVE: 8, GenerationMode.NEGATIVE: 4}
 # The webhook worker POSTs events to webhook URLs: the discard port on loopback, closed.
 RECEIVER = "http://127.0.0.1:9/hook"
 POSITIVE_CHECKS = [

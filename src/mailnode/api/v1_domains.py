@@ -280,6 +280,8 @@ def _template_fields(body: dict[str, Any]) -> dict[str, Any]:
     for field, limit in {**limits, "text": MAX_TEMPLATE_PART}.items():
         if field in body:
             fields[field] = text_field(body, field, max_length=limit, required=field not in _TEMPLATE_BODIES)
+    if "\r" in fields.get("subject", "") or "\n" in fields.get("subject", ""):
+        raise bad_request("subject", "must not contain CR or LF (it becomes the Subject header)")
     return fields
 
 

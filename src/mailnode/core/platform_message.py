@@ -211,6 +211,8 @@ def check_unsubscribe_template(template: str) -> str | None:
     """Why an unsubscribe URL template cannot give an https:// URL, or None when it may."""
     if not template.lower().startswith("https://"):
         return "must start with https:// (RFC 8058 one-click unsubscribe)"
+    if not template.isprintable():
+        return "must not contain CR, LF or other control characters (header injection)"
     return None
 
 

@@ -127,6 +127,8 @@ def parse_send_request(value: object) -> SendRequest:
     subject = _optional_text(body, "subject")
     if subject is None and template_id is None:
         raise SendError("subject", "required (a template brings its own)")
+    if subject is not None:
+        _header_text(subject, "subject")
     return SendRequest(
         sender=_sender(body.get("sender")),
         subject=subject,
