@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from mailnode.cli.common import CONFIG_HELP, config_path, domain_store, echo_json, fail_cleanly
+from mailnode.cli.common import CONFIG_HELP, config_path, domain_store, echo_json, fail_cleanly, runtime
 from mailnode.config import Config, HostPort, load_config
 from mailnode.doctor import diagnose, render_text
 
@@ -63,7 +63,8 @@ def doctor(
     config = load_config(config_path(config_file))
     if dns_servers:
         config = _with_nameservers(config, dns_servers)
-    report = domain_store(config, lambda domains: diagnose(config, domains, domain=domain_name))
+    clock = runtime().clock
+    report = domain_store(config, lambda domains: diagnose(config, domains, domain=domain_name, clock=clock))
     if as_json:
         echo_json(report.to_json())
     else:

@@ -209,3 +209,8 @@ def domain_rotate_dkim(
         return
     click.echo(f"new DKIM selector {added.selector} ({added.algorithm}) signs for {canonical}; publish:")
     click.echo(f"{record.type:<6} {record.name:<40} {record.value}")
+
+
+# The names issue 6 and Postal users know, beside create/delete (the /v1 verbs).
+domain.add_command(domain_create, "add")
+domain.add_command(domain_delete, "remove")

@@ -161,7 +161,7 @@ def queue_list(
             for r in records
         ],
     )
-    click.echo(f"{len(records)} of {total} deliveries", err=True)
+    click.echo(f"{len(records)} of {_deliveries(total)}", err=True)
 
 
 @queue.command("show")
@@ -288,7 +288,7 @@ def queue_cancel(
         count = run(with_store(config, lambda store: store.count_deliveries(query)))
         if count == 0:
             raise NotFoundError("no unfinished delivery matches; `mailnode queue list` shows them")
-        click.confirm(f"Cancel {count} deliveries?", abort=True, err=True)
+        click.confirm(f"Cancel {_deliveries(count)}?", abort=True, err=True)
     records = run(with_store(config, lambda store: act(store, _cancel_one)))
     _report(records, as_json, "cancelled")
 
@@ -345,7 +345,7 @@ def _report(records: list[TransactionRecord], as_json: bool, what: str) -> None:
         return
     for record in records:
         click.echo(f"{record.rest_id}  {record.rcpt_to}  {what}")
-    click.echo(f"{len(records)} deliveries {what}", err=True)
+    click.echo(f"{_deliveries(len(records))} {what}", err=True)
 
 
 @queue.command("purge")
@@ -376,7 +376,9 @@ def queue_purge(
         if count == 0:
             _purged(0, as_json)
             return
-        click.confirm(f"Delete {count} finished deliveries for good?", abort=True, err=True)
+        click.confirm(
+            f"Delete {count} finished {_deliveries(count, bare=True)} for good?", abort=True, err=True
+        )
     _purged(run(with_store(config, lambda store: store.purge(query))), as_json)
 
 
@@ -384,7 +386,7 @@ def _purged(count: int, as_json: bool) -> None:
     if as_json:
         echo_json({"deleted": count})
     else:
-        click.echo(f"deleted {count} deliveries")
+        click.echo(f"deleted {_deliveries(count)}")
 
 
 # -- how deliveries look -------------------------------------------------------------------------
@@ -452,3 +454,9 @@ def _last_answer(attempt: AttemptRecord | None, width: int = 60) -> str:
         return "-" if attempt is None else "(trying)"
     text = f"{outcome['stage'].upper()} {outcome['code']} {outcome['message']}"
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _deliveries(count: int, *, bare: bool = False) -> str:
+    """ "1 delivery", "3 deliveries" (bare: the noun alone)."""
+    noun = "delivery" if count == 1 else "deliveries"
+    return noun if bare else f"{count} {noun}"
