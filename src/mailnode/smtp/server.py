@@ -502,7 +502,9 @@ class _Handler:
         if server.offers_auth:
             lines.append("AUTH PLAIN LOGIN")
         last = len(lines) - 1
-        return [_Reply(f"250{' ' if i == last else '-'}{line}") for i, line in enumerate(lines)]
+        # One reply, so one write: clients that read a reply per segment (nmap's smtp library)
+        # fall one reply behind when the lines of a multi-line reply arrive apart.
+        return [_Reply("\r\n".join(f"250{' ' if i == last else '-'}{line}" for i, line in enumerate(lines)))]
 
     async def handle_HELO(self, server: _Session, session: Session, envelope: Envelope, hostname: str) -> str:
         await server.abort_transaction("HELO")
