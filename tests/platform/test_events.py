@@ -114,6 +114,24 @@ async def test_a_soft_failure_does_not_suppress(node: Mailnode, domain: Domain, 
     assert node.rows("SELECT count(*) FROM suppressions") == [(0,)]
 
 
+async def test_a_refusal_of_the_message_bounces_without_suppressing_the_address(
+    node: Mailnode, domain: Domain, sink: Sink
+) -> None:
+    """A 5.7.1 "spam" refusal is about the message or its sender, not the address: the next
+    message to the same person may go."""
+    sink.reply_for("picky@example.org", Reply(data="550 5.7.1 rejected as spam"))
+    body = {
+        "sender": SENDER,
+        "subject": "Hi",
+        "text": "Hello",
+        "recipients": [{"email": "picky@example.org"}],
+    }
+    assert (await send(node, domain, body))[0] == 202
+    await node.wait_rows("SELECT type FROM events WHERE type = 'bounced'", [("bounced",)])
+    assert node.rows("SELECT count(*) FROM suppressions") == [(0,)]
+    assert (await send(node, domain, body))[1]["accepted"] == 1
+
+
 async def test_suppressions_can_be_listed_added_checked_and_removed(node: Mailnode, domain: Domain) -> None:
     url = f"{node.url}/v1/domains/example.com/suppressions"
     async with node.http.post(url, json={"address": "X@Example.org"}, headers=domain.headers()) as response:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailnode.core.outcome import AttemptResult, Decision, FinalReason, Status
+from mailnode.core.outcome import AttemptResult, Decision, FinalReason, Stage, Status
 
 HOUR = 3600
 # Long enough for any SMTP reply a person needs to read; bounded like everything stored.
@@ -91,14 +91,42 @@ def attempt_event(result: AttemptResult, decision: Decision) -> tuple[EventType,
     if decision.status is not Status.FAILED:
         return None
     if response.permanent:
-        return EventType.BOUNCED, {**details, "permanent": True}
+        return EventType.BOUNCED, {**details, "permanent": True, "recipient": blames_recipient(result)}
     reason = decision.final_reason or FinalReason.MAX_ATTEMPTS
     return EventType.FAILED, {**details, "reason": reason.value}
 
 
+# RFC 3463 subjects that are about the address itself: X.1.* addressing (no such user or
+# domain, null MX), X.2.* mailbox (disabled) — except a full or size-limited mailbox.
+_RECIPIENT_SUBJECTS = ("1", "2")
+_NOT_THE_ADDRESS = frozenset({"5.2.2", "5.2.3"})
+
+
+def blames_recipient(result: AttemptResult) -> bool:
+    """Whether a permanent failure is about the recipient's address (so mail to it should
+    stop), not about the message, the sender or mailnode itself.
+
+    With an enhanced status, its subject decides (5.1.1 no such user, 5.1.2 no such domain,
+    5.1.10 null MX, 5.2.1 disabled: yes; 5.6.0 content, 5.7.1 policy, 5.4.4 no route: no).
+    Without one, a refusal of RCPT by the receiving server does.
+    """
+    stage, response = result.decisive
+    status = response.enhanced_status
+    if status is not None:
+        return status_blames_recipient(status)
+    return stage is Stage.RCPT and bool(result.remote_host)
+
+
+def status_blames_recipient(status: str) -> bool:
+    """Whether an RFC 3463 status ("5.1.1") is about the recipient's address."""
+    parts = status.split(".")
+    return len(parts) == 3 and parts[1] in _RECIPIENT_SUBJECTS and status not in _NOT_THE_ADDRESS
+
+
 def suppresses(event: EventType, data: Mapping[str, Any]) -> SuppressionReason | None:
-    """Whether an event stops further mail to its recipient: hard bounces and complaints."""
-    if event is EventType.BOUNCED and data.get("permanent"):
+    """Whether an event stops further mail to its recipient: hard bounces about the address,
+    complaints and unsubscribes."""
+    if event is EventType.BOUNCED and data.get("permanent") and data.get("recipient", True):
         return SuppressionReason.BOUNCED
     if event is EventType.COMPLAINED:
         return SuppressionReason.COMPLAINED

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from mailnode.core.bounce_report import BounceReport, ReportKind, parse_report
-from mailnode.core.events import EventType, NewEvent, bounded
+from mailnode.core.events import EventType, NewEvent, bounded, status_blames_recipient
 from mailnode.core.outcome import AttemptResult
 from mailnode.core.response import Response
 from mailnode.core.transaction import TransactionRecord
@@ -77,6 +77,8 @@ def _event(report: BounceReport, delivery: TransactionRecord, now: float) -> New
             "permanent": report.permanent,
             "source": "dsn" if report.standard else "heuristic",
         }
+        if report.status is not None:  # a 5.7.1 "rejected as spam" says nothing against the address
+            data["recipient"] = status_blames_recipient(report.status)
     elif report.kind is ReportKind.COMPLAINT:
         kind = EventType.COMPLAINED
         data = {"feedback_type": report.feedback_type, "source": "arf"}
