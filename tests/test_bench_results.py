@@ -16,7 +16,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from bench_smtp import PhaseResult, SizeRun
 from benchlib.memory import DepthReading, MemoryReadings
-from benchlib.results import Goal, Row, WorkloadOutcome, cell, document, number, schema_problems, table
+from benchlib.results import (
+    Goal,
+    Row,
+    WorkloadOutcome,
+    cell,
+    document,
+    number,
+    rows_from_json,
+    schema_problems,
+    signed,
+    table,
+)
 from benchlib.suite import FULL, QUICK, latency_rows, memory_rows, parse_args, smtp_rows
 
 AT_LEAST_POSTFIX = Goal("comparison", at_least=1.0, text=">= 1.0 x Postfix")
@@ -62,6 +73,13 @@ def test_goal_on_mailnodes_own_figure() -> None:
 )
 def test_number_keeps_about_three_significant_figures(value: float, text: str) -> None:
     assert number(value) == text
+
+
+@pytest.mark.parametrize(
+    ("value", "text"), [(5.3, "+5.30"), (-0.11, "-0.11"), (-0.00001, "0.000"), (0.0, "0.000")]
+)
+def test_signed_differences_never_show_minus_zero(value: float, text: str) -> None:
+    assert signed(value) == text
 
 
 def test_cell_shows_min_median_max_over_several_runs() -> None:
@@ -120,6 +138,14 @@ def test_bench_results_json_follows_its_schema() -> None:
     assert row["goal"]["met"] is False
     assert doc["workloads"]["memory"] == {"seconds": 1.0, "error": "mailnode serve exited early"}
     assert doc["workloads"]["smtp"] == {"seconds": 12.3, "details": {"n": 500}}
+
+
+def test_rows_read_back_from_the_json_are_the_rows_measured() -> None:
+    doc = json.loads(json.dumps(sample_document()))
+    assert rows_from_json(doc) == [
+        throughput_row((130.0, 140.0), (370.0, 360.0)),
+        Row("send", "time to the 202", "s", (0.6, 0.7)),
+    ]
 
 
 def test_schema_problems_name_what_is_wrong() -> None:

@@ -78,7 +78,14 @@ def number(value: float) -> str:
         return str(value)
     magnitude = abs(value)
     digits = 0 if magnitude >= 100 else 1 if magnitude >= 10 else 2 if magnitude >= 0.1 else 3
-    return f"{value:.{digits}f}"
+    text = f"{value:.{digits}f}"
+    return text.lstrip("-") if float(text) == 0 else text  # never "-0.000"
+
+
+def signed(value: float) -> str:
+    """number() with a "+" before what rounds to above zero: "+5.30", "-0.11", "0.000"."""
+    text = number(value)
+    return text if text.startswith("-") or float(text) == 0 else "+" + text
 
 
 def cell(values: Sequence[float], unit: str = "", fmt: Callable[[float], str] = number) -> str:
@@ -95,7 +102,7 @@ def comparison_cell(row: Row) -> str:
     if row.compare == "ratio":
         return cell(values, "", lambda v: f"{v:.2f}")
     if row.compare == "difference":
-        return cell(values, row.unit, lambda v: ("+" if v >= 0 else "") + number(v))
+        return cell(values, row.unit, signed)
     return "—"
 
 
@@ -104,6 +111,15 @@ def goal_cell(row: Row) -> str:
         return "—"
     verdict = {True: "met", False: "NOT met", None: "no figure"}[row.goal_met()]
     return f"{row.goal.text}: {verdict}"
+
+
+def figure_cell(row: Row) -> str:
+    """The figure and its note: "peak RSS, 10,000 queued (deferred; database 6 MiB)"."""
+    if not row.note:
+        return row.figure
+    if row.figure.endswith(")"):
+        return f"{row.figure[:-1]}; {row.note})"
+    return f"{row.figure} ({row.note})"
 
 
 HEADER = ("workload", "figure", "mailnode", "reference (same run)", "ratio / difference", "goal")
@@ -118,7 +134,7 @@ def table(rows: Sequence[Row]) -> str:
             reference += ": " + cell(row.reference_values, row.unit)
         cells = (
             row.workload,
-            row.figure + (f" ({row.note})" if row.note else ""),
+            figure_cell(row),
             cell(row.mailnode, row.unit),
             reference,
             comparison_cell(row),
@@ -183,6 +199,29 @@ def document(
         "rows": [row_json(row) for row in rows],
         "workloads": {name: dict(value) for name, value in workloads.items()},
     }
+
+
+def rows_from_json(doc: Mapping[str, Any]) -> list[Row]:
+    """The rows of a bench-results.json document, as they were measured."""
+    rows = []
+    for row in doc["rows"]:
+        goal = row["goal"]
+        rows.append(
+            Row(
+                workload=row["workload"],
+                figure=row["figure"],
+                unit=row["unit"],
+                mailnode=tuple(row["mailnode"]["runs"]),
+                reference=row["reference"]["name"],
+                reference_values=tuple(row["reference"]["runs"]),
+                compare=row["comparison"]["kind"],
+                goal=None
+                if goal is None
+                else Goal(goal["on"], at_least=goal["at_least"], at_most=goal["at_most"], text=goal["text"]),
+                note=row["note"],
+            )
+        )
+    return rows
 
 
 _ROW_KEYS = {"workload", "figure", "unit", "note", "mailnode", "reference", "comparison", "goal"}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shlex
 import sys
@@ -36,9 +37,9 @@ import bench_send
 import bench_smtp
 
 from benchlib.mailnode import base_config
-from benchlib.memory import MemoryReadings, memory_runs
+from benchlib.memory import MIB, MemoryReadings, memory_runs
 from benchlib.report import environment, leaf_exceptions, write_report
-from benchlib.results import Goal, Row, WorkloadOutcome, document, table
+from benchlib.results import Goal, Row, WorkloadOutcome, document, rows_from_json, table
 from benchlib.startup import startup_run
 from benchlib.venv import ROOT
 
@@ -72,6 +73,7 @@ class Options:
     quick: bool
     postfix: bool
     json_path: Path
+    table_of: Path | None = None  # --table: print an earlier run's table instead of running
 
     @property
     def scale(self) -> Scale:
@@ -230,7 +232,7 @@ def memory_rows(readings: MemoryReadings) -> list[Row]:
     deferred = readings.deferred
     base, deepest = min(deferred), max(deferred)
     reference = tuple(r.peak_rss_mib for r in deferred[base])
-    goal = Goal("mailnode", at_most=200.0, text="<= 200 MB")
+    goal = Goal("mailnode", at_most=200e6 / MIB, text="<= 200 MB")  # the figures are in MiB
     rows = []
     for depth, runs in sorted(deferred.items()):
         if depth == base:
@@ -360,6 +362,9 @@ async def run_workloads(options: Options) -> dict[str, WorkloadOutcome]:
 
 
 async def bench(options: Options) -> None:
+    if options.table_of is not None:
+        print(table(rows_from_json(json.loads(options.table_of.read_text()))))
+        return
     load_before = os.getloadavg()
     started = time.monotonic()
     outcomes = await run_workloads(options)
@@ -419,6 +424,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
         default=ROOT / "bench-results.json",
         help="where to write the figures (default: bench-results.json in the repository)",
     )
+    parser.add_argument(
+        "--table", type=Path, metavar="PATH", help="print the table of an earlier run's JSON file and exit"
+    )
     args = parser.parse_args(argv)
     only = [name.strip() for value in args.only or [] for name in value.split(",") if name.strip()]
     unknown = sorted(set(only) - set(WORKLOADS))
@@ -432,4 +440,5 @@ def parse_args(argv: list[str] | None = None) -> Options:
         quick=args.quick,
         postfix=not args.no_postfix,
         json_path=args.json,
+        table_of=args.table,
     )
