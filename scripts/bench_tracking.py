@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import secrets
 import sqlite3
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,9 +46,9 @@ try:
     from benchlib.hello import HelloProcess
     from benchlib.load import CpuMeter, run_workers
     from benchlib.mailnode import MailnodeProcess, base_config, running_mailnode
-    from benchlib.profiler import PySpyRecording
+    from benchlib.profiler import profiling
     from benchlib.report import environment, write_report
-    from benchlib.stats import Spread, percentile
+    from benchlib.stats import Spread, percentile, summarize
 
     from mailnode.core.tracking import TrackingMode
     from mailnode.core.tracking_tokens import TokenKind, TrackingClaim, mint
@@ -263,21 +262,6 @@ async def wait_counted(database: Path, target: int) -> tuple[float, int, int]:
         await asyncio.sleep(0.02)
 
 
-@contextlib.asynccontextmanager
-async def profiling(pid: int, output: Path | None) -> AsyncIterator[None]:
-    """Record `pid` with py-spy during the block when `output` is given; then print a summary."""
-    if output is None:
-        yield
-        return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    recording = await PySpyRecording.start(pid, output)
-    try:
-        yield
-    finally:
-        await recording.stop()
-    print(f"py-spy of mailnode during the pixel load and ingestion:\n{recording.summary()}", flush=True)
-
-
 # -- one run ------------------------------------------------------------------------------------
 
 
@@ -333,7 +317,7 @@ async def one_run(hello: HelloProcess, run: int, options: Options) -> RunResult:
             await measure(hello, warmup, WARMUP, 1, options.concurrency)
             pixel = Pixel(node, database, open_tokens(key, f"run{run}", options.recipients))
             profile = options.py_spy / "mailnode-tracking.txt" if options.py_spy and run == 1 else None
-            async with profiling(node.child.pid, profile):
+            async with profiling(node.child.pid, profile, "mailnode during the pixel load and ingestion"):
                 measured = await measure(hello, pixel, options.n, options.slices, options.concurrency)
             if node.problems:
                 print("mailnode warned:\n  " + "\n  ".join(node.problems), file=sys.stderr)
@@ -361,7 +345,7 @@ def busy(result: LoadResult, process: str) -> float | None:
     return None if ms is None else ms * result.rate / 1000
 
 
-def summarize(results: list[RunResult]) -> dict[str, Spread]:
+def summary_of(results: list[RunResult]) -> dict[str, Spread]:
     figures: dict[str, Callable[[RunResult], float | None]] = {
         "hello req/s": lambda r: r.hello.rate,
         "tracking /t/o req/s": lambda r: r.tracking.rate,
@@ -379,12 +363,7 @@ def summarize(results: list[RunResult]) -> dict[str, Spread]:
         "hello: bench client CPU ms/req": lambda r: r.hello.cpu_ms.get("bench client"),
         "tracking: bench client CPU ms/req": lambda r: r.tracking.cpu_ms.get("bench client"),
     }
-    summary = {}
-    for name, figure in figures.items():
-        values = [figure(r) for r in results]
-        if all(v is not None for v in values):
-            summary[name] = Spread.of([float(v) for v in values if v is not None])
-    return summary
+    return summarize(figures, results)
 
 
 def print_summary(summary: dict[str, Spread], results: list[RunResult], options: Options) -> None:
@@ -420,7 +399,7 @@ async def bench(options: Options) -> None:
         ) from None
     finally:
         await hello.stop()
-    summary = summarize(results)
+    summary = summary_of(results)
     print_summary(summary, results, options)
     if options.json_path is not None:
         document = {

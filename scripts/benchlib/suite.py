@@ -36,6 +36,7 @@ import bench_rest
 import bench_send
 import bench_smtp
 
+from benchlib.cli import run_benchmark
 from benchlib.mailnode import base_config
 from benchlib.memory import MIB, MemoryReadings, memory_runs
 from benchlib.report import environment, leaf_exceptions, write_report
@@ -442,3 +443,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
         json_path=args.json,
         table_of=args.table,
     )
+
+
+def main() -> None:
+    run_benchmark("scripts/bench", parse_args, bench)
+
+
+if __name__ == "__main__":
+    main()
