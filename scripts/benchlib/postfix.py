@@ -1,9 +1,11 @@
 """Postfix as a loopback relay peer: installed from Debian if missing, run from a temporary config.
 
-Nothing under /etc/postfix is read or changed: main.cf, master.cf, the queue, the data
-directory and the log all live in one temporary directory, and the master process runs in the
-foreground under the benchmark (`master -c DIR`, supervised), so it is stopped with it, even
-when the benchmark is killed (see benchlib.supervise), and the directory is removed. It
+Nothing under /etc/postfix is changed: main.cf, master.cf, the queue, the data directory and
+the log all live in one temporary directory (master.cf starts as a copy of the package's
+pristine master.cf.dist, or of /etc/postfix's when that is missing), and the master process
+runs in the foreground under the benchmark (`master -c DIR`, supervised), so it is stopped
+with it, even when the benchmark is killed (see benchlib.supervise), and the directory is
+removed. It
 listens only on the loopback port given and relays everything to one host:port (the sink),
 without DNS or TLS; the settings are the tested recipe in shared/reference/test-tools.md §2.
 """
@@ -23,7 +25,7 @@ from pathlib import Path
 from benchlib.processes import Child, spawn
 
 SBIN = Path("/usr/sbin")
-MASTER_CF_SOURCES = (Path("/etc/postfix/master.cf"), Path("/usr/share/postfix/master.cf.dist"))
+MASTER_CF_SOURCES = (Path("/usr/share/postfix/master.cf.dist"), Path("/etc/postfix/master.cf"))
 QUEUES = ("maildrop", "incoming", "active", "deferred", "hold")
 # Without it apt-get asks which kind of mail server to set up; "No configuration" writes no
 # main.cf, so Postfix's own system instance stays unconfigured and stopped.
