@@ -70,8 +70,7 @@ WARMUP = 200  # recipients of a send (and REST messages) before each measured ph
 PREBUILT = 500  # distinct pre-built reference messages, sent round-robin
 ADMIN_TOKEN = "bench-admin-" + secrets.token_hex(16)
 SUBJECT = "{{ first_name }}, your {{ plan }} summary from {{ shop }}"
-# No spaces inside the braces: the URL template is checked as a header value before rendering.
-UNSUBSCRIBE = f"https://{DOMAIN}/u/{{{{token}}}}?list={{{{plan}}}}"
+UNSUBSCRIBE = f"https://{DOMAIN}/u/{{{{ token }}}}?list={{{{ plan }}}}"
 _ROW = (
     '<tr><td style="padding:8px 12px;font-family:Arial,sans-serif;color:#333333">{title}</td>'
     '<td style="padding:8px 12px;text-align:right"><a href="https://{domain}/p/{sku}?r={{{{ token }}}}">'
