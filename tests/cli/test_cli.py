@@ -106,6 +106,8 @@ async def test_help_lists_the_commands(tmp_path: Path) -> None:
     assert text.startswith("Usage: mailnode ")
     for command in ("serve", "migrate", "check-config", "key", "capture"):
         assert re.search(rf"^\s+{command}\s+\S", text, re.MULTILINE), f"{command} not listed:\n{text}"
+    commands = text.partition("Commands:")[2]
+    assert "..." not in commands, f"a one-line summary was cut off:\n{commands}"
 
 
 @pytest.mark.parametrize(
