@@ -16,7 +16,7 @@ from mailnode.core.response import Response
 from mailnode.core.transaction import BODY, InlineBlob, NewTransaction, ReusedBlob, UploadBlob
 from mailnode.errors import NotFoundError, StorageError
 from mailnode.storage.engine import sync_url
-from mailnode.storage.store import Store
+from mailnode.storage.store import Store, new_rest_id
 
 OWNER = "session-1"
 
@@ -189,3 +189,10 @@ async def test_a_closed_store_refuses_work_with_a_storage_error(tmp_path: Path) 
 
     with pytest.raises(StorageError, match="closed"):
         await store.get_transaction("any")
+
+
+def test_a_delivery_id_never_starts_with_a_dash_or_underscore() -> None:
+    """`mailnode queue cancel -x…` would read the id as an option (a test failed on one)."""
+    ids = [new_rest_id() for _ in range(3000)]  # a leading "-" or "_" is 1 in 32 otherwise
+    assert all(rest_id[0].isalnum() and len(rest_id) == 16 for rest_id in ids)
+    assert len(set(ids)) == len(ids)

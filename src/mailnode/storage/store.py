@@ -68,8 +68,12 @@ READER_THREADS = 4
 
 
 def new_rest_id() -> str:
-    """A transaction id for URLs: 96 random bits, URL-safe."""
-    return secrets.token_urlsafe(12)
+    """A transaction id for URLs: 96 random bits, URL-safe, starting with a letter or digit
+    (an id starting with "-" would read as an option on a command line: `queue cancel -x…`)."""
+    while True:
+        rest_id = secrets.token_urlsafe(12)
+        if rest_id[0].isalnum():
+            return rest_id
 
 
 class StoreListener(Protocol):
