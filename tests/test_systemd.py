@@ -282,6 +282,8 @@ async def test_sighup_applies_new_routes_and_names_what_needs_a_restart(
     config.write_text(
         'log_level = "debug"\n' + text.replace('listen = "127.0.0.1:0"', 'listen = "127.0.0.1:1"', 1)
     )
+    code, out, err = await run_cli("signing-key", "rotate", "verp", "--config", str(config))
+    assert code == 0, out + err
     serve.process.send_signal(signal.SIGHUP)
     states = await serve.states_until("READY")
     assert states[0]["RELOADING"] == "1" and int(states[0]["MONOTONIC_USEC"]) > 0
@@ -289,6 +291,7 @@ async def test_sighup_applies_new_routes_and_names_what_needs_a_restart(
     log_text = serve.stderr.read_text()
     assert "config reloaded: applied=log_level,ingress.routes needs_restart=http.listen" in log_text
     assert "restart mailnode to apply: http.listen" in log_text
+    assert "signing key reloaded purpose=verp key=k2" in log_text  # `signing-key rotate`, then HUP
 
     config.write_text(
         text.replace("poll_interval_seconds = 0.1", "poll_interval_seconds = 0.1\nconcurency = 4")

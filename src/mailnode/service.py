@@ -264,6 +264,17 @@ class Service:
             log.warning("restart mailnode to apply: %s", ", ".join(result.needs_restart))
         return result
 
+    async def reload_signing_keys(self) -> None:
+        """Take keys added by `mailnode signing-key rotate` (SIGHUP): new VERP return paths and
+        tracking links are signed with them; every older key keeps verifying."""
+        assert self.store is not None, "the service is not started"
+        batches = BatchStore(self.store)
+        for keyring, purpose in ((self.verp_keys, VERP_KEYS), (self.tracking_keys, TRACKING_KEYS)):
+            newer = await batches.signing_keyring(purpose, lambda: self.random_bytes(32))
+            if newer.current_id != keyring.current_id:
+                log.info("signing key reloaded purpose=%s key=%s", purpose, newer.current_id)
+            keyring.replace_with(newer)
+
     def _tracking_base_url(self) -> str:
         """Where tracking links point: [tracking] base_url, else the HTTP listener's address.
 

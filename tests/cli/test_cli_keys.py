@@ -101,7 +101,8 @@ def test_signing_key_rotate_adds_a_key_that_signs_while_the_old_one_verifies(tmp
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
         "new tracking key k2 for open, click and unsubscribe links",
-        "it signs after `mailnode serve` restarts; the older keys keep verifying",
+        "it signs once `mailnode serve` reloads (kill -HUP, systemctl reload mailnode) or restarts; "
+        "the older keys keep verifying",
     ]
     after = keyring(setup, TRACKING_KEYS)
     assert after.current_id == "k2" and after.current == SECRET

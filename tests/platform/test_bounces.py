@@ -8,6 +8,7 @@ from typing import Any
 import aiosmtplib
 import pytest
 
+from mailnode.storage.batches import VERP_KEYS, BatchStore
 from tests.conftest import ADMIN_TOKEN, MailnodeFactory
 from tests.support.mailnode import Mailnode
 from tests.support.platform import Domain, create_domain, send
@@ -29,9 +30,9 @@ async def domain(node: Mailnode) -> Domain:
 async def _delivered_return_path(node: Mailnode, domain: Domain, sink: Sink, recipient: str) -> str:
     """Send one message; the envelope sender it arrived with (its VERP address)."""
     body = {"sender": SENDER, "subject": "Hi", "text": "Hello", "recipients": [{"email": recipient}]}
+    before = len(sink.messages)
     status, answer = await send(node, domain, body)
     assert status == 202, answer
-    before = len(sink.messages)
     messages = await sink.wait_for_messages(before + 1)
     return messages[-1].mail_from
 
@@ -187,3 +188,21 @@ async def test_the_bounce_domain_is_accepted_when_no_route_covers_it(
     with pytest.raises(aiosmtplib.SMTPRecipientRefused) as refused:
         await _report(node, "someone@elsewhere.example", b"Subject: hi\r\n\r\nhello\r\n")
     assert refused.value.code == 550 and "relaying denied" in refused.value.message
+
+
+async def test_a_rotated_verp_key_signs_after_a_reload_and_the_older_one_still_verifies(
+    node: Mailnode, domain: Domain, sink: Sink
+) -> None:
+    """`mailnode signing-key rotate verp`, then SIGHUP (Service.reload_signing_keys): new
+    return paths carry the new key; a bounce to one signed before still counts."""
+    old = await _delivered_return_path(node, domain, sink, "ann@example.org")
+    assert node.service.store is not None
+    await BatchStore(node.service.store).rotate_signing_key(VERP_KEYS, lambda: b"n" * 32)
+    assert "-k1-" in old and "-k1-" in await _delivered_return_path(node, domain, sink, "bob@example.org")
+
+    await node.service.reload_signing_keys()
+    assert "-k2-" in await _delivered_return_path(node, domain, sink, "cy@example.org")
+    code, _ = await _report(node, old, _dsn("ann@example.org", "5.1.1", "550 5.1.1 user unknown"))
+    assert code == 250
+    ((recipient, _),) = await _wait_events(node, "bounced", 1)
+    assert recipient == "ann@example.org"

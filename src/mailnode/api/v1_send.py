@@ -271,14 +271,14 @@ async def _deliverable(
 
 def _delivery(ctx: AppContext, recipient: Recipient) -> NewDelivery:
     rest_id = ctx.batches.new_id()
-    keyring = ctx.verp_keys
+    key_id, key = ctx.verp_keys.signer()
     stored: dict[str, Any] = {"name": recipient.name, "fields": dict(recipient.fields)}
     if recipient.tracking is not None:
         stored["tracking"] = recipient.tracking.to_json()
     return NewDelivery(
         rest_id=rest_id,
         rcpt_to=recipient.email,
-        mail_from=verp_address(rest_id, ctx.config.bounce_domain, keyring.current, keyring.current_id),
+        mail_from=verp_address(rest_id, ctx.config.bounce_domain, key, key_id),
         recipient=stored,
     )
 

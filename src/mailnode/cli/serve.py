@@ -89,16 +89,27 @@ async def _serve(config: Config, path: Path | None) -> None:
 
     service = Service(config)
 
+    reloading: set[asyncio.Task[None]] = set()
+
     def reload() -> None:
-        """SIGHUP: read the file again and apply what can change while running."""
-        if path is None:
-            log.warning("SIGHUP ignored: running on the embedded default, there is no file to reload")
-            return
+        """SIGHUP: read the file again and apply what can change while running; take keys
+        added by `mailnode signing-key rotate`."""
         notifier.reloading()
-        try:
-            service.reload(load_config(path))
-        except ConfigError as exc:
-            log.error("config reload refused, still running on the previous config: %s", exc)
+        if path is None:
+            log.info("SIGHUP: running on the embedded default, there is no config file to read again")
+        else:
+            try:
+                service.reload(load_config(path))
+            except ConfigError as exc:
+                log.error("config reload refused, still running on the previous config: %s", exc)
+        keys = loop.create_task(service.reload_signing_keys(), name="reload-signing-keys")
+        reloading.add(keys)
+        keys.add_done_callback(reloaded)
+
+    def reloaded(task: asyncio.Task[None]) -> None:
+        reloading.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("reloading the signing keys failed: %s", task.exception())
         notifier.ready(status="reloaded")
 
     loop.add_signal_handler(signal.SIGHUP, reload)

@@ -65,7 +65,7 @@ def signing_key_list(as_json: bool, config_file: str | None) -> None:
 @config_option
 @fail_cleanly
 def signing_key_rotate(purpose: str, as_json: bool, config_file: str | None) -> None:
-    """Add a new key for verp or tracking; it signs once mailnode serve restarts.
+    """Add a new key for verp or tracking; it signs once mailnode serve reloads (SIGHUP).
 
     The older keys keep verifying, so return paths and links already sent keep working.
 
@@ -84,7 +84,10 @@ def signing_key_rotate(purpose: str, as_json: bool, config_file: str | None) -> 
         echo_json(_key_json(key))
         return
     click.echo(f"new {purpose} key {key.key_id} for {PURPOSES[purpose]}")
-    click.echo("it signs after `mailnode serve` restarts; the older keys keep verifying")
+    click.echo(
+        "it signs once `mailnode serve` reloads (kill -HUP, systemctl reload mailnode) or restarts; "
+        "the older keys keep verifying"
+    )
 
 
 def _state(key: SigningKeyInfo) -> str:

@@ -106,8 +106,8 @@ class MessageTracker:
         )
 
     def _url(self, route: str, claim: TrackingClaim) -> str:
-        keys = self._keys
-        return f"{self._base_url().rstrip('/')}/{route}/{mint(claim, keys.current_id, keys.current)}"
+        key_id, key = self._keys.signer()
+        return f"{self._base_url().rstrip('/')}/{route}/{mint(claim, key_id, key)}"
 
 
 def _policy(batch: TrackingPolicy, stated: Any) -> TrackingPolicy:

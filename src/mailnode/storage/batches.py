@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,16 +92,41 @@ class SigningKeyInfo:
     current: bool  # the newest unretired key of its purpose: it signs
 
 
-@dataclass(frozen=True, slots=True)
 class SigningKeyring:
-    """The secrets of one purpose: the newest signs, every one verifies."""
+    """The secrets of one purpose: the newest signs, every one verifies.
 
-    current_id: str
-    keys: dict[str, bytes]
+    A running service reloads it in place after `mailnode signing-key rotate` (SIGHUP): the
+    id and the keys are swapped as one, so `signer()` never pairs one key's id with another.
+    """
+
+    __slots__ = ("_state",)
+
+    def __init__(self, current_id: str, keys: Mapping[str, bytes]) -> None:
+        if current_id not in keys:
+            raise ValueError(f"the current key {current_id!r} is not among the keys")
+        self._state: tuple[str, dict[str, bytes]] = (current_id, dict(keys))
+
+    @property
+    def current_id(self) -> str:
+        return self._state[0]
+
+    @property
+    def keys(self) -> Mapping[str, bytes]:
+        return self._state[1]
 
     @property
     def current(self) -> bytes:
-        return self.keys[self.current_id]
+        current_id, keys = self._state
+        return keys[current_id]
+
+    def signer(self) -> tuple[str, bytes]:
+        """(the id, the secret) that sign now, read together."""
+        current_id, keys = self._state
+        return current_id, keys[current_id]
+
+    def replace_with(self, newer: SigningKeyring) -> None:
+        """Take `newer`'s keys (a reload); whoever holds this keyring sees them at once."""
+        self._state = newer._state
 
 
 class BatchStore:
@@ -187,7 +212,8 @@ class BatchStore:
         return await self._store.write(lambda conn: _keyring(conn, purpose, make_secret, now))
 
     async def rotate_signing_key(self, purpose: str, make_secret: Callable[[], bytes]) -> SigningKeyInfo:
-        """Add a key that signs from now on (after a restart); the older ones keep verifying."""
+        """Add a key that signs from now on (once the service reloads its keyrings: SIGHUP or a
+        restart); the older ones keep verifying."""
         now = self.clock()
         return await self._store.write(lambda conn: _rotate_signing_key(conn, purpose, make_secret, now))
 
