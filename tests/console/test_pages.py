@@ -102,6 +102,29 @@ async def test_the_overview_counts_today_and_the_week_with_a_chart_and_queue_hea
     assert re.search(r"failed, last 24 h</a></dt><dd class=\"bad\">1</dd>", page.text)
 
 
+async def test_the_overview_counts_mail_without_a_sending_domain_too(
+    node: Mailnode, logged_in: Browser, sink: Sink
+) -> None:
+    """The developer's case: a key with no domain (the REST transactions API) sends; the
+    overview counts it as the server's own mail, and nobody's suppression list grows."""
+    sink.reply_for("gone@example.org", Reply(rcpt="550 5.1.1 no such user"))
+    for recipient in ("ann@example.org", "gone@example.org"):
+        status, created, _ = await node.create(
+            {
+                "mail_from": {"m": "app@example.com"},
+                "rcpt_to": [{"m": recipient}],
+                "body": {"inline": "From: app@example.com\r\nSubject: s\r\n\r\nhi\r\n"},
+            }
+        )
+        assert status == 201, created
+    await wait_counted(node, 4)  # accepted (2), delivered, bounced
+    page = await logged_in.get("/ui/")
+    today_row = re.search(r"<th>today \(" + TODAY + r", UTC\)</th>(.*?)</tr>", page.text, re.S)
+    assert today_row is not None
+    assert re.findall(r"<td>([\d,]+)</td>", today_row.group(1)) == ["2", "1", "0", "1", "0", "0"]
+    assert node.rows("SELECT count(*) FROM suppressions") == [(0,)]
+
+
 async def test_the_week_adds_up_whole_utc_days(
     node: Mailnode, logged_in: Browser, sent: dict[str, Any]
 ) -> None:

@@ -26,6 +26,7 @@ from mailnode.core.outcome import AttemptResult, Status
 from mailnode.core.response import Response
 from mailnode.core.transaction import AttemptRecord
 from mailnode.errors import NotFoundError
+from mailnode.storage.events import SERVER_DOMAIN
 from mailnode.storage.store import Store
 from mailnode.storage.tables import (
     attempts,
@@ -186,7 +187,8 @@ class ConsoleStore:
         self.clock = store.clock
 
     async def daily_counts(self, since_day: int, days: int) -> dict[str, list[int]]:
-        """Events per type and UTC day of the known domains, `days` days from `since_day`."""
+        """Events per type and UTC day of the known domains and the server's own mail, `days` days
+        from `since_day`."""
         return await self._store.read(lambda conn: _daily_counts(conn, since_day, days))
 
     async def queue_health(self) -> QueueHealth:
@@ -239,11 +241,10 @@ class ConsoleStore:
 
 
 def _daily_counts(conn: Connection, since_day: int, days: int) -> dict[str, list[int]]:
-    # Through stats_hourly's primary key (domain, hour, type): one range per known domain.
-    names = list(conn.execute(select(domains.c.name)).scalars())
+    # Through stats_hourly's primary key (domain, hour, type): one range per known domain, and
+    # the server's own (mail without a sending domain).
+    names = [SERVER_DOMAIN, *conn.execute(select(domains.c.name)).scalars()]
     totals: dict[str, list[int]] = {kind.value: [0] * days for kind in EventType}
-    if not names:
-        return totals
     s = stats_hourly.c
     day = ((s.hour - since_day) // DAY).label("day")
     query = (

@@ -122,14 +122,24 @@ def suppressed_among(conn: Connection, domain: str, addresses: Iterable[str]) ->
 
 
 def record_and_suppress(conn: Connection, new: Sequence[NewEvent], now: float) -> None:
-    """Store events, and suppress the recipients of those that call for it."""
+    """Store events, and suppress the recipients of those that call for it (for a sending
+    domain: mail without one has nobody whose list it would be)."""
     insert_events(conn, new)
     for event in new:
         reason = suppresses(event.type, event.data)
-        if reason is not None and event.recipient:
+        if reason is not None and event.recipient and event.domain != SERVER_DOMAIN:
             details = {"event": event.type.value}
             details.update({k: event.data[k] for k in ("code", "text") if k in event.data})
             add_suppression(conn, event.domain, event.recipient, reason, details, now)
+
+
+# The events of mail without a sending domain (a key without one, port 25, the developer
+# default) count under this name: the console's overview and `mailnode stats` include them;
+# no /v1 route, webhook or suppression list belongs to it.
+SERVER_DOMAIN = ""
+# Deliveries whose events would count a message twice or report on mailnode's own mail: DSNs
+# and the archive copies of ingress routes.
+_UNCOUNTED_SENDERS = frozenset({"bounce", "copy"})
 
 
 class EventHook:
@@ -140,12 +150,12 @@ class EventHook:
         self._wake = store.events_written  # thread-safe: called on the writer thread
 
     def created(self, conn: Connection, record: TransactionRecord) -> None:
-        if record.domain is None or record.sender == "bounce":
+        if record.sender in _UNCOUNTED_SENDERS:
             return
         event = NewEvent(
             EventType.ACCEPTED,
             self._clock(),
-            record.domain,
+            record.domain or SERVER_DOMAIN,
             batch=_batch_public_id(conn, record),
             delivery=record.rest_id,
             recipient=record.rcpt_to,
@@ -156,7 +166,7 @@ class EventHook:
     def attempted(
         self, conn: Connection, record: TransactionRecord, result: AttemptResult, decision: Decision
     ) -> None:
-        if record.domain is None:
+        if record.sender in _UNCOUNTED_SENDERS:
             return
         made = attempt_event(result, decision)
         if made is None:
@@ -166,7 +176,7 @@ class EventHook:
         event = NewEvent(
             kind,
             now,
-            record.domain,
+            record.domain or SERVER_DOMAIN,
             batch=_batch_public_id(conn, record),
             delivery=record.rest_id,
             recipient=record.rcpt_to,
