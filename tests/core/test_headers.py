@@ -6,14 +6,20 @@ import datetime
 import email
 import email.policy
 import email.utils
+import string
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailnode.core.headers import (
     MessageCheck,
     check_message,
+    from_domain,
     header_block,
+    is_date,
     missing_headers,
+    parsed_from_domain,
     prepend_headers,
     received_header,
 )
@@ -275,3 +281,75 @@ def test_missing_headers_adds_nothing_to_a_complete_message() -> None:
 def test_missing_headers_rejects_a_bad_message_id(message_id: str) -> None:
     with pytest.raises(ValueError, match="message id"):
         missing_headers(check_message(GOOD), when=WHEN, message_id=message_id)
+
+
+# -- the From fast path: the same answers as the stdlib's parser -------------------------------
+
+_ATOM_CHARS = string.ascii_letters + string.digits + "!#$%&'*+/=?^_`{|}~-"
+_atoms = st.text(_ATOM_CHARS, min_size=1, max_size=6)
+_labels = st.from_regex(r"[A-Za-z0-9]([A-Za-z0-9-]{0,4}[A-Za-z0-9])?", fullmatch=True)
+# Near misses as well as plain mailboxes: the pieces include what the fast path refuses
+# (dots and quotes in phrases, comments, lists, brackets, 8-bit text, encoded words).
+_noise = st.sampled_from(
+    ["", " ", ".", "..", '"', "\\", "(c)", ",", "<", ">", "@", ":", ";", "é", "=?", "[1.2.3.4]"]
+)
+
+
+@st.composite
+def _from_values(draw: st.DrawFn) -> str:
+    local = ".".join(draw(st.lists(_atoms, min_size=1, max_size=3)))
+    domain = ".".join(draw(st.lists(_labels, min_size=1, max_size=3)))
+    address = local + draw(_noise) + "@" + domain + draw(_noise)
+    kind = draw(st.sampled_from(["bare", "phrase", "quoted", "angle"]))
+    if kind == "bare":
+        return draw(_noise) + address
+    if kind == "angle":
+        return f"<{address}>"
+    words = draw(st.lists(_atoms, min_size=1, max_size=3))
+    phrase = (" " + draw(_noise)).join(words)
+    if kind == "quoted":
+        phrase = '"' + phrase + '"'
+    return f"{phrase}{draw(_noise)} <{address}>{draw(_noise)}"
+
+
+@settings(max_examples=400)
+@given(_from_values())
+def test_from_fast_path_agrees_with_the_stdlib_parser(value: str) -> None:
+    fast: list[str] = []
+    slow: list[str] = []
+    assert (from_domain(value, fast), fast) == (parsed_from_domain(value, slow), slow)
+
+
+@pytest.mark.parametrize(
+    ("value", "domain", "problems"),
+    [
+        ("Alice <alice@Example.ORG>", "example.org", []),
+        ('"Bob, the builder" <b.o.b@mail.example.net> ', "mail.example.net", []),
+        ("carol+tag@sub.example.com", "sub.example.com", []),
+        ("=?utf-8?q?J=C3=B6rg?= <j@example.de>", "example.de", []),
+        ("Jörg <j@example.de>", "example.de", []),
+        ("a@b.example, c@d.example", "b.example", []),
+        ("no address here", None, ["From header has no address"]),
+        ("bob@", None, ["From header has no address"]),
+    ],
+)
+def test_from_domain(value: str, domain: str | None, problems: list[str]) -> None:
+    found: list[str] = []
+    assert from_domain(value, found) == domain
+    assert found == problems
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        ("Tue, 05 Mar 2024 14:07:09 +0100", True),
+        ("5 Mar 2024 14:07 -0000", True),
+        ("Tue, 31 Feb 2024 14:07:09 +0100", False),
+        ("yesterday", False),
+        ("", False),
+    ],
+)
+def test_is_date_matches_the_stdlib_date_header(value: str, valid: bool) -> None:
+    assert is_date(value) is valid
+    parsed = email.policy.SMTP.header_fetch_parse("Date", value)
+    assert (getattr(parsed, "datetime", None) is not None) is valid

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from email.headerregistry import BaseHeader
 from email.message import Message
 from email.parser import HeaderParser
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 
 DEFAULT_HEADER_LIMIT = 65536
 # RFC 5322 §2.1.1: a line is at most 998 characters, excluding the CRLF.
@@ -29,6 +29,21 @@ _MSG_ID = re.compile(r"[\x21-\x3b\x3d\x3f-\x7e]+@[\x21-\x3b\x3d\x3f-\x7e]+")
 _HELO_UNSAFE = re.compile(r"[^\x21-\x27\x2a-\x3a\x3c-\x7e]")
 
 _PARSE_POLICY = email.policy.SMTP
+# The section is split into fields with compat32, whose splitting (and defects) are those of
+# email.policy.SMTP but which builds no header objects: the few fields checked are parsed one
+# by one below. Splitting this way takes a fifth of the time (check_message runs per delivery).
+_SPLIT_POLICY = email.policy.compat32
+# RFC 5322 §3.4: the From field of nearly every message is a plain mailbox, `addr-spec` or
+# `phrase <addr-spec>` with dot-atoms and a hostname. Such a value is checked with one regular
+# expression; any other (quoted local parts, comments, groups, lists, encoded words, folds,
+# 8-bit text) goes to the stdlib's full parser. tests/core/test_headers.py holds both to the
+# same results.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_DOT_ATOM = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_ADDR_SPEC = rf"{_DOT_ATOM}@({_LABEL}(?:\.{_LABEL})+)"
+_PHRASE = rf"{_ATEXT}+(?: +{_ATEXT}+)*|\"[\x20\x21\x23-\x5b\x5d-\x7e]*\""
+_PLAIN_MAILBOX = re.compile(rf" *(?:{_ADDR_SPEC}|(?:(?:{_PHRASE}) *)?<{_ADDR_SPEC}>) *")
 _SECTION_PROBLEMS: dict[type[email.errors.MessageDefect], str] = {
     email.errors.MissingHeaderBodySeparatorDefect: "a header line is not Name: value",
     email.errors.FirstHeaderLineIsContinuationDefect: "the first header line is a continuation",
@@ -73,7 +88,7 @@ def check_message(message: bytes, *, require_date: bool = True) -> MessageCheck:
     if b"\0" in block:
         problems.append("header section contains a NUL byte")
     # RFC 6532 allows UTF-8 in header fields; other bytes survive as surrogate escapes.
-    parsed = HeaderParser(policy=_PARSE_POLICY).parsestr(block.decode("utf-8", "surrogateescape"))
+    parsed = HeaderParser(policy=_SPLIT_POLICY).parsestr(block.decode("utf-8", "surrogateescape"))
     problems.extend(_section_problems(parsed))
     from_domain = _check_from(parsed, problems)
     has_date = _check_date(parsed, problems, require_date=require_date)
@@ -141,34 +156,50 @@ def _section_problems(parsed: Message) -> list[str]:
     return problems
 
 
-def _fields(parsed: Message, name: str) -> list[BaseHeader | None]:
-    """Every field called name, parsed by the stdlib; None where its parser gave up."""
-    fields: list[BaseHeader | None] = []
-    for key, value in parsed.raw_items():
-        if key.lower() == name.lower():
-            fields.append(_parse_field(key, value))
-    return fields
+def _values(parsed: Message, name: str) -> list[str]:
+    """The value of every field called name, unfolded, as email.policy hands it to a parser."""
+    wanted = name.lower()
+    return [_unfold(value) for key, value in parsed.raw_items() if key.lower() == wanted]
+
+
+def _unfold(value: str) -> str:
+    # What email.policy.EmailPolicy.header_fetch_parse does before parsing: drop CR and LF.
+    return value.replace("\r", "").replace("\n", "")
 
 
 def _parse_field(name: str, value: str) -> BaseHeader | None:
     try:
         field = _PARSE_POLICY.header_fetch_parse(name, value)
     # CPython's header parser raises instead of recording a defect on some inputs
-    # (IndexError for "From: bob@" on 3.11), so any of these means "unparseable".
-    except (email.errors.HeaderParseError, IndexError, ValueError, TypeError):
+    # (IndexError for "From: bob@", AttributeError for "From: ," on 3.11), so any of these
+    # means "unparseable".
+    except (email.errors.HeaderParseError, IndexError, ValueError, TypeError, AttributeError):
         return None
     assert isinstance(field, BaseHeader)
     return field
 
 
 def _check_from(parsed: Message, problems: list[str]) -> str | None:
-    fields = _fields(parsed, "From")
-    if not fields:
+    values = _values(parsed, "From")
+    if not values:
         problems.append("missing From header")
         return None
-    if len(fields) > 1:
+    if len(values) > 1:
         problems.append("more than one From header")
-    field = fields[0]
+    return from_domain(values[0], problems)
+
+
+def from_domain(value: str, problems: list[str]) -> str | None:
+    """The domain of the (first) From address, lowercased; adds what is wrong to problems."""
+    plain = _PLAIN_MAILBOX.fullmatch(value) if "=?" not in value else None
+    if plain is not None:
+        return (plain.group(1) or plain.group(2)).lower()
+    return parsed_from_domain(value, problems)
+
+
+def parsed_from_domain(value: str, problems: list[str]) -> str | None:
+    """from_domain by the stdlib's RFC 5322 address parser alone (slow: ~0.2 ms a field)."""
+    field = _parse_field("From", value)
     addresses = getattr(field, "addresses", ())
     if field is None or not addresses or not addresses[0].username or not addresses[0].domain:
         problems.append("From header has no address")
@@ -183,15 +214,28 @@ def _check_from(parsed: Message, problems: list[str]) -> str | None:
 
 
 def _check_date(parsed: Message, problems: list[str], *, require_date: bool) -> bool:
-    fields = _fields(parsed, "Date")
-    if not fields:
+    values = _values(parsed, "Date")
+    if not values:
         if require_date:
             problems.append("missing Date header")
         return False
-    if len(fields) > 1:
+    if len(values) > 1:
         problems.append("more than one Date header")
-    if getattr(fields[0], "datetime", None) is None:
+    if not is_date(values[0]):
         problems.append("Date header is not a valid date")
+    return True
+
+
+def is_date(value: str) -> bool:
+    """Whether a Date value is an RFC 5322 §3.3 date-time (or an obsolete form of one).
+
+    The stdlib's Date header class decides with the same call, parsedate_to_datetime.
+    """
+    try:
+        parsedate_to_datetime(value)
+    # Python 3.11 raises TypeError or IndexError for some malformed values, not ValueError.
+    except (ValueError, TypeError, IndexError, OverflowError):
+        return False
     return True
 
 
