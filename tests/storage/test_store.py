@@ -114,8 +114,31 @@ async def test_every_write_returns_the_record_a_fresh_read_returns(store: Store)
         new(blobs=(), body_later=True), lease_owner=OWNER, lease_seconds=30
     )
     assert leased == await store.get_transaction(leased.rest_id)
-    [attached] = await store.attach_body([leased.id], b"late body")
+    [attached] = await store.attach_body([leased], b"late body")
     assert attached == await store.get_transaction(leased.rest_id)
+
+
+async def test_writes_from_a_stale_record_see_what_changed_meanwhile(store: Store, tmp_path: Path) -> None:
+    """attach_body and finish_attempt write without reading first; a delivery changed since
+    the caller's record (cancelled through the API) is read back and its cancel stands."""
+    leased = await store.create_transaction(
+        new(blobs=(), body_later=True), lease_owner=OWNER, lease_seconds=30
+    )
+    await store.cancel(leased.rest_id)
+    [attached] = await store.attach_body([leased], b"late body")
+    assert (attached.status, attached.final_attempt_reason) == (Status.CANCELLED, FinalReason.CANCELLED)
+    assert attached == await store.get_transaction(leased.rest_id)
+
+    delivered = Decision(Status.DELIVERED, FinalReason.SUCCESS, None, bounce=False)
+    answers = AttemptResult(Response(250, "ok"), Response(250, "ok"), Response(250, "ok"), "mx.test")
+    finished = await store.finish_attempt(attached, OWNER, answers, delivered)
+    assert finished is not None
+    assert finished.status is Status.CANCELLED
+    assert finished == await store.get_transaction(leased.rest_id)
+    joined = "SELECT lease_owner, data_code FROM transactions JOIN attempts ON transaction_id = id"
+    assert rows(tmp_path, joined) == [(None, 250)]
+    events = rows(tmp_path, "SELECT type FROM events ORDER BY id")
+    assert ("delivered",) not in events
 
 
 async def test_an_empty_upload_reads_back_as_empty_bytes(store: Store) -> None:

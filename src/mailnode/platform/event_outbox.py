@@ -1,7 +1,9 @@
 """The stats worker: drains the events outbox into hourly counts and webhook deliveries.
 
 Woken when events are written (Store.events_written) and every `poll_interval` anyway, so
-events left unprocessed by a crash are taken up at start. Each processed event is then
+events left unprocessed by a crash are taken up at start. Once woken it lets `gather` seconds
+pass first: events come in bursts (every SMTP message and attempt writes some), and one pass
+over a burst costs about what a pass over one event does. Each processed event is then
 published on the bus as `mailnode.stats.<type>` for whoever listens in this process.
 """
 
@@ -26,12 +28,19 @@ class OutboxWorker:
     """Processes the outbox until it is empty whenever woken."""
 
     def __init__(
-        self, events: EventStore, bus: Bus, *, poll_interval: float = 5.0, metrics: Metrics | None = None
+        self,
+        events: EventStore,
+        bus: Bus,
+        *,
+        poll_interval: float = 5.0,
+        gather: float = 0.05,
+        metrics: Metrics | None = None,
     ) -> None:
         self._events = events
         self._metrics = metrics or Metrics()
         self._bus = bus
         self._poll_interval = poll_interval
+        self._gather = gather
         self._wake = asyncio.Event()
         self.processed = 0
 
@@ -51,6 +60,7 @@ class OutboxWorker:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._poll_interval):
                     await self._wake.wait()
+            await asyncio.sleep(self._gather)
 
     async def drain(self) -> int:
         """Process every unprocessed event; the number processed."""

@@ -83,8 +83,10 @@ class CutThrough:
         if not self._message.done():
             self._message.set_result(message)
 
-    def commit(self) -> None:
-        """The message is stored durably: the attempt may send it upstream."""
+    def commit(self, record: TransactionRecord) -> None:
+        """The message is stored durably (`record`: the delivery as now stored): the attempt
+        may send it upstream."""
+        self.record = record
         if not self._committed.done():
             self._committed.set_result(True)
 

@@ -194,7 +194,8 @@ class DownstreamTransaction:
         for handle in taking:  # their filters run while the body is committed; DATA waits for it
             handle.send(message)
         try:
-            await self._x._store.attach_body([h.record.id for h in taking], message, self._copies(taking))
+            records = [handle.record for handle in taking]
+            stored = await self._x._store.attach_body(records, message, self._copies(taking))
         except StorageError:
             log.exception("storing a message failed; answering 451")
             await self.abort()
@@ -202,8 +203,8 @@ class DownstreamTransaction:
         # Committed: from here on, a client that goes away without our answer does not cancel
         # anything. It may send again (a duplicate), but nothing committed is ever dropped.
         self._committed = True
-        for handle in taking:
-            handle.commit()
+        for handle, record in zip(taking, stored, strict=False):  # the copies come after
+            handle.commit(record)
         pending = [h.data_future for h in taking if not h.data_future.done()]
         if pending:
             await asyncio.wait(pending, timeout=self._timeouts.data)

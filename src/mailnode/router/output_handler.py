@@ -297,13 +297,13 @@ class OutputHandler:
         return handle
 
     async def _cut_through(self, handle: CutThrough, info: EnvelopeInfo, wait_limit: float) -> None:
-        record = handle.record
-        log.debug("cut-through start tx=%s sender=%s", record.rest_id, record.sender)
+        log.debug("cut-through start tx=%s sender=%s", handle.record.rest_id, handle.record.sender)
         started = time.perf_counter()
         result, message = await self._cut_through_session(handle, info, wait_limit)
         seconds = time.perf_counter() - started
         handle.data_done(result)
         fate = await handle.fate(wait_limit)
+        record = handle.record  # as the commit of the message left it, if it came to that
         now = self._store.clock()
         decision = decide_with_fate(
             fate,

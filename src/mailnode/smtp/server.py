@@ -275,6 +275,7 @@ class _Session(SMTP):
         self.peer_checked_helo: str | None = None
         self.rcpt_attempts = 0
         self._busy = 0
+        self._held_lines: list[bytes] = []
         self._greeted = False
         self._refused = False
         # aiosmtpd keeps these limits in one dict shared by every session (its EHLO adds to
@@ -294,6 +295,13 @@ class _Session(SMTP):
             auth_require_tls=False,  # mailnode decides (smtp_AUTH below): 465 is TLS without STARTTLS
             loop=asyncio.get_running_loop(),
         )
+
+    def __dir__(self) -> list[str]:
+        # aiosmtpd's __init__ finds the smtp_* and auth_* methods with dir() and
+        # inspect.getmembers() on every connection, and getmembers reads every attribute,
+        # properties included: about a third of a connection's set-up. Naming only those
+        # methods here is what it looks for, for a fraction of the cost.
+        return list(_SESSION_METHODS)
 
     # -- what the handler asks ---------------------------------------------------------------
 
@@ -427,7 +435,16 @@ class _Session(SMTP):
         if isinstance(status, str):
             status = _printable_reply(status)
         self.listener.metrics.reply(status)
-        await super().push(status)
+        line = status.encode() if isinstance(status, str) else status
+        if line[3:4] == b"-" and b"\n" not in line:
+            # One line of a multi-line reply pushed line by line (EHLO's): held back, so that
+            # the whole reply goes out in one write, not in a segment per line.
+            self._held_lines.append(line)
+            return
+        if self._held_lines:
+            line = b"\r\n".join([*self._held_lines, line])
+            self._held_lines.clear()
+        await super().push(line)
 
     def _with_enhanced_status(self, text: str) -> str:
         """aiosmtpd's own reply, with an RFC 3463 code (and mailnode's wording for 552)."""
@@ -665,6 +682,7 @@ class _Handler:
         return AuthResult(success=True, auth_data=record.id)
 
 
+_SESSION_METHODS = tuple(name for name in dir(_Session) if name.startswith(("smtp_", "auth_")))
 _HANDLER = _Handler()
 
 

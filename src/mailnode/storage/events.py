@@ -62,11 +62,15 @@ _STATS_INCREMENT = (
 )
 
 
+# Built once: SQLAlchemy then finds its compiled form without building a cache key per call.
+_INSERT_EVENT = events.insert()
+
+
 def insert_events(conn: Connection, new: Sequence[NewEvent]) -> None:
     """Store events (inside the caller's write); they are processed after it commits."""
     if not new:
         return
-    conn.execute(events.insert(), [_event_values(event) for event in new])
+    conn.execute(_INSERT_EVENT, [_event_values(event) for event in new])
 
 
 def _event_values(event: NewEvent) -> dict[str, Any]:
@@ -111,14 +115,16 @@ def suppressed_among(conn: Connection, domain: str, addresses: Iterable[str]) ->
     # Chunked: SQLite allows 32,766 parameters per statement, other databases fewer.
     for start in range(0, len(wanted), 900):
         chunk = wanted[start : start + 900]
-        found.update(
-            conn.execute(
-                select(suppressions.c.address).where(
-                    suppressions.c.domain == domain, suppressions.c.address.in_(chunk)
-                )
-            ).scalars()
-        )
+        found.update(conn.execute(_SUPPRESSED_AMONG, {"domain": domain, "addresses": chunk}).scalars())
     return found
+
+
+# Built once, with an expanding IN: one compiled form for every number of addresses (an SMTP
+# RCPT asks about one).
+_SUPPRESSED_AMONG = select(suppressions.c.address).where(
+    suppressions.c.domain == bindparam("domain"),
+    suppressions.c.address.in_(bindparam("addresses", expanding=True)),
+)
 
 
 def record_and_suppress(conn: Connection, new: Sequence[NewEvent], now: float) -> None:

@@ -469,43 +469,50 @@ class Store:
         return replace(record, **changes)
 
     async def attach_body(
-        self, tx_ids: Sequence[int], data: bytes, copies: Sequence[NewTransaction] = ()
+        self, records: Sequence[TransactionRecord], data: bytes, copies: Sequence[NewTransaction] = ()
     ) -> list[TransactionRecord]:
         """Store one body for deliveries created with `body_later`, shared by all of them.
 
         `copies` are new deliveries created in the same database transaction; their blobs may
-        reuse this body by naming one of `tx_ids`' transactions.
+        reuse this body by naming one of `records`' transactions.
         """
         now = self.clock()
-        ids = list(tx_ids)
+        waiting = list(records)
 
         def attach(conn: Connection) -> list[TransactionRecord]:
-            records = self._attach_body(conn, ids, data, now)
-            return records + [self._insert_transaction(conn, copy, now) for copy in copies]
+            attached = self._attach_body(conn, waiting, data, now)
+            return attached + [self._insert_transaction(conn, copy, now) for copy in copies]
 
         return await self._writer.run(
             attach, on_commit=lambda records: self._notify(records, queued=bool(copies))
         )
 
     def _attach_body(
-        self, conn: Connection, ids: list[int], data: bytes, now: float
+        self, conn: Connection, records: list[TransactionRecord], data: bytes, now: float
     ) -> list[TransactionRecord]:
-        blob_id, _ = self._blob_for(conn, InlineBlob(BODY, data), now)
+        blob_id, blob = self._blob_for(conn, InlineBlob(BODY, data), now)
         conn.execute(
             _INSERT_TRANSACTION_BLOB,
-            [{"transaction_id": tx_id, "name": BODY, "blob_id": blob_id} for tx_id in ids],
+            [{"transaction_id": record.id, "name": BODY, "blob_id": blob_id} for record in records],
         )
-        conn.execute(
-            update(transactions)
-            .where(transactions.c.id.in_(ids), transactions.c.status == Status.AWAITING_BODY.value)
-            .values(
-                status=Status.QUEUED.value,
+        updated = conn.execute(
+            _BODY_ATTACHED,
+            [{"id_": record.id, "expected_version": record.version, "now": now} for record in records],
+        )
+        if updated.rowcount != len(records):
+            # Changed since the caller read it (a cancel through the API): read what it is now.
+            return _load(conn, [record.id for record in records])
+        return [
+            replace(
+                record,
+                status=Status.QUEUED,
                 next_attempt_at=now,
                 updated_at=now,
-                version=transactions.c.version + 1,
+                version=record.version + 1,
+                blobs=_sorted_blobs([*record.blobs, blob]),
             )
-        )
-        return _load(conn, ids)
+            for record in records
+        ]
 
     async def cancel(self, rest_id: str) -> TransactionRecord:
         """Cancel a delivery that is not finished; a finished one keeps its outcome."""
@@ -667,19 +674,84 @@ class Store:
                 **_response_columns(result),
             },
         )
-        found = _load_rows(conn, _LOAD_BY_ID, id_=record.id)
-        if not found or found[0][0].lease_owner != owner:
-            log.warning("lease lost before the attempt finished tx=%s", record.rest_id)
+        changed = self._finished_as_expected(conn, record, owner, result, decision, now)
+        decided = changed is not None
+        if changed is None:
+            # Changed since the attempt began (a cancel, a lost lease): decide on what it is now.
+            found = _load_rows(conn, _LOAD_BY_ID, id_=record.id)
+            if not found or found[0][0].lease_owner != owner:
+                log.warning("lease lost before the attempt finished tx=%s", record.rest_id)
+                return None
+            ((_, current),) = found
+            decided = not current.status.final  # else cancelled meanwhile: that stands
+            changed = self._finish(conn, current, decision if decided else None, now)
+        if decided:
+            for hook in self._hooks:
+                hook.attempted(conn, changed, result, decision)
+        finished = [changed]
+        if dsn is not None:
+            finished.append(self._insert_transaction(conn, dsn, now))
+        return finished
+
+    @staticmethod
+    def _finished_as_expected(
+        conn: Connection,
+        record: TransactionRecord,
+        owner: str,
+        result: AttemptResult,
+        decision: Decision,
+        now: float,
+    ) -> TransactionRecord | None:
+        """Write the attempt's outcome if the delivery is as the attempt began it: still at
+        `record.version` and leased to `owner` (one UPDATE, no read); None if it is not."""
+        if record.status.final:  # cancelled before the attempt ended: the cancel stands
             return None
-        ((_, current),) = found
+        check_transition(record.status, decision.status)
+        reason = decision.final_reason.value if decision.final_reason else None
+        updated = conn.execute(
+            _FINISH_EXPECTED,
+            {
+                "id_": record.id,
+                "expected_version": record.version,
+                "owner": owner,
+                "version": record.version + 1,
+                "status": decision.status.value,
+                "final_attempt_reason": reason,
+                "next_attempt_at": decision.next_attempt_at,
+                "finished_at": now if decision.status.final else None,
+                "updated_at": now,
+            },
+        )
+        if updated.rowcount != 1:
+            return None
+        started_at = record.latest_attempt.started_at if record.latest_attempt else now
+        attempt = AttemptRecord(
+            record.attempt_count, started_at, now, result.mail, result.rcpt, result.data, result.remote_host
+        )
+        return replace(
+            record,
+            latest_attempt=attempt,
+            status=decision.status,
+            final_attempt_reason=reason,
+            next_attempt_at=decision.next_attempt_at,
+            updated_at=now,
+            version=record.version + 1,
+        )
+
+    @staticmethod
+    def _finish(
+        conn: Connection, current: TransactionRecord, decision: Decision | None, now: float
+    ) -> TransactionRecord:
+        """Release the lease of a delivery as read back, and set the attempt's outcome if
+        `decision` is given."""
         values: dict[str, Any] = {
-            "id_": record.id,
+            "id_": current.id,
             "lease_owner": None,
             "lease_expires_at": None,
             "updated_at": now,
         }
         changes: dict[str, Any] = {"updated_at": now, "version": current.version + 1}
-        if not current.status.final:  # not cancelled meanwhile
+        if decision is not None:
             check_transition(current.status, decision.status)
             reason = decision.final_reason.value if decision.final_reason else None
             values.update(
@@ -694,13 +766,7 @@ class Store:
                 next_attempt_at=decision.next_attempt_at,
             )
         conn.execute(_UPDATE_TRANSACTION, values)
-        changed = [replace(current, **changes)]
-        if not current.status.final:
-            for hook in self._hooks:
-                hook.attempted(conn, changed[0], result, decision)
-        if dsn is not None:
-            changed.append(self._insert_transaction(conn, dsn, now))
-        return changed
+        return replace(current, **changes)
 
     async def cancel_orphans(self, live_session: str, senders: Sequence[str]) -> int:
         """Cancel deliveries of `senders` (the SMTP listeners') still awaiting their body that
@@ -924,6 +990,31 @@ _UPDATE_TRANSACTION = (
     .values(version=transactions.c.version + 1)
 )
 _UPDATE_BLOB = update(blobs).where(blobs.c.id == bindparam("id_"))
+# Optimistic writes: they change a row only if it is still at the version the caller read;
+# a rowcount short of the rows meant sends the caller to read what changed.
+_BODY_ATTACHED = (
+    update(transactions)
+    .where(
+        transactions.c.id == bindparam("id_"),
+        transactions.c.version == bindparam("expected_version"),
+        transactions.c.status == Status.AWAITING_BODY.value,
+    )
+    .values(
+        status=Status.QUEUED.value,
+        next_attempt_at=bindparam("now"),
+        updated_at=bindparam("now"),
+        version=transactions.c.version + 1,
+    )
+)
+_FINISH_EXPECTED = (
+    update(transactions)
+    .where(
+        transactions.c.id == bindparam("id_"),
+        transactions.c.version == bindparam("expected_version"),
+        transactions.c.lease_owner == bindparam("owner"),
+    )
+    .values(lease_owner=None, lease_expires_at=None)
+)
 _FINISH_ATTEMPT = update(attempts).where(
     attempts.c.transaction_id == bindparam("tx_id"), attempts.c.number == bindparam("attempt_number")
 )
