@@ -13,7 +13,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from dkim.util import parse_tag_value
 
 from mailnode.core.dkim_keys import DkimKeyPair, dkim_txt_value, generate_dkim_key
-from mailnode.platform.dkim_signer import DkimSigner, sign_message
+from mailnode.core.outcome import Status
+from mailnode.core.transaction import TransactionRecord
+from mailnode.platform.dkim_signer import DkimSigner, sign_message, signs_quickly
+from mailnode.router.filters import DeliveryContext, DkimFilter, DkimKey
 
 # What the DKIM filter asks to sign (router/filters.py), some of them absent from the messages.
 INCLUDE = [
@@ -288,3 +291,29 @@ def test_unusable_keys_are_value_errors(rsa_key: DkimKeyPair, ed_key: DkimKeyPai
         DkimSigner(domain="localhost", selector="s1", private_key_pem=small, algorithm="rsa")
     with pytest.raises(ValueError, match="letters, digits"):
         DkimSigner(domain="example.com", selector="s_1", private_key_pem=small, algorithm="rsa")
+
+
+def test_keys_that_sign_in_under_a_millisecond_sign_on_the_event_loop(
+    rsa_key: DkimKeyPair, ed_key: DkimKeyPair
+) -> None:
+    def quick(pem: bytes, algorithm: str) -> bool:
+        return signs_quickly(domain="example.com", selector="s1", private_key_pem=pem, algorithm=algorithm)
+
+    assert quick(rsa_key.private_key_pem, "rsa")
+    assert quick(ed_key.private_key_pem, "ed25519")
+    assert not quick(generate_dkim_key("rsa", rsa_bits=3072).private_key_pem, "rsa")
+    assert not quick(b"not a key", "rsa")  # signing it (in a thread) says what is wrong
+
+
+@pytest.mark.parametrize("bits", [2048, 3072])
+async def test_the_dkim_filter_signs_on_the_loop_or_in_a_thread_alike(bits: int) -> None:
+    key = generate_dkim_key("rsa", rsa_bits=bits)
+    dkim_filter = DkimFilter({"example.com": DkimKey("example.com", "s1", key.private_key_pem)})
+    record = TransactionRecord(
+        1, "tx1", "submission", "joerg@example.com", "alice@example.org", Status.QUEUED, 2,
+        0.0, 0.0, 0.0, 1, None, False, True, True, "ESMTPA", None, None, None, None, (), None,
+    )  # fmt: skip
+    delivery = DeliveryContext(record, MESSAGE)
+    await dkim_filter(delivery)
+    assert delivery.message.startswith(b"DKIM-Signature: ")
+    assert _verifies(delivery.message, key)

@@ -10,12 +10,15 @@ DATA upstream only after the commit. Everything here is in-process and bounded b
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from typing import TypeVar
 
 from mailnode.core.exploder import Fate
 from mailnode.core.outcome import AttemptResult
 from mailnode.core.response import Response
 from mailnode.core.transaction import TransactionRecord
+
+T = TypeVar("T")
+D = TypeVar("D")
 
 _NO_ANSWER = Response(451, "4.3.0 no answer from the upstream session")
 
@@ -54,29 +57,22 @@ class CutThrough:
 
     async def message(self, timeout: float) -> bytes | None:
         """The message once the client sent it all; None when none is coming."""
-        with contextlib.suppress(TimeoutError):
-            return await asyncio.wait_for(asyncio.shield(self._message), timeout)
-        return None
+        return await _within(self._message, timeout, None)
 
     async def committed(self, timeout: float) -> bool:
         """Whether the message handed over is stored: only then may it go upstream."""
-        with contextlib.suppress(TimeoutError):
-            return await asyncio.wait_for(asyncio.shield(self._committed), timeout)
-        return False
+        return await _within(self._committed, timeout, False)
 
     async def fate(self, timeout: float) -> Fate:
         """The exploder's verdict; a verdict that never comes counts as a cancellation."""
-        with contextlib.suppress(TimeoutError):
-            return await asyncio.wait_for(asyncio.shield(self._fate), timeout)
-        return Fate.CANCELLED
+        return await _within(self._fate, timeout, Fate.CANCELLED)
 
     # -- the exploder's side ---------------------------------------------------------------
 
     async def rcpt_answer(self, timeout: float) -> Response | None:
         """The upstream's answer to RCPT (or to MAIL, when that failed); None: not in time."""
-        with contextlib.suppress(TimeoutError):
-            return envelope_answer(await asyncio.wait_for(asyncio.shield(self._envelope), timeout))
-        return None
+        result = await _within(self._envelope, timeout, None)
+        return None if result is None else envelope_answer(result)
 
     def send(self, message: bytes) -> None:
         """The client's whole message, not yet committed (see `commit`)."""
@@ -111,3 +107,14 @@ class CutThrough:
     @property
     def settled(self) -> bool:
         return self._fate.done()
+
+
+async def _within(future: asyncio.Future[T], timeout: float, default: D) -> T | D:
+    """`future`'s result if it comes within `timeout` seconds, else `default`; `future` itself
+    is never cancelled (the other side may still settle it). Cheaper than wait_for + shield,
+    which wrap the future twice: these waits run several times per message."""
+    if not future.done():
+        await asyncio.wait((future,), timeout=timeout)
+        if not future.done():
+            return default
+    return future.result()

@@ -506,6 +506,10 @@ class _Session(SMTP):
 class _Handler:
     """aiosmtpd's hooks; per-connection state lives on the `_Session` passed as `server`."""
 
+    def __dir__(self) -> list[str]:
+        # As _Session.__dir__: what aiosmtpd looks for on every connection, and no more.
+        return list(_HANDLER_METHODS)
+
     async def handle_EHLO(
         self, server: _Session, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
@@ -683,6 +687,7 @@ class _Handler:
 
 
 _SESSION_METHODS = tuple(name for name in dir(_Session) if name.startswith(("smtp_", "auth_")))
+_HANDLER_METHODS = tuple(name for name in dir(_Handler) if name.startswith(("handle_", "auth_")))
 _HANDLER = _Handler()
 
 
