@@ -141,6 +141,23 @@ async def test_writes_from_a_stale_record_see_what_changed_meanwhile(store: Stor
     assert ("delivered",) not in events
 
 
+async def test_an_attempt_finished_on_a_stale_record_sees_the_cancel_made_meanwhile(
+    store: Store, tmp_path: Path
+) -> None:
+    """The attempt's record is still queued, but the row moved on (a cancel through the API):
+    the optimistic write misses, the row is read back, and the cancel stands."""
+    leased = await store.create_transaction(new(), lease_owner=OWNER, lease_seconds=30)
+    await store.cancel(leased.rest_id)
+
+    delivered = Decision(Status.DELIVERED, FinalReason.SUCCESS, None, bounce=False)
+    answers = AttemptResult(Response(250, "ok"), Response(250, "ok"), Response(250, "ok"), "mx.test")
+    finished = await store.finish_attempt(leased, OWNER, answers, delivered)
+    assert finished is not None
+    assert (finished.status, finished.final_attempt_reason) == (Status.CANCELLED, FinalReason.CANCELLED)
+    assert finished == await store.get_transaction(leased.rest_id)
+    assert ("delivered",) not in rows(tmp_path, "SELECT type FROM events")
+
+
 async def test_an_empty_upload_reads_back_as_empty_bytes(store: Store) -> None:
     record = await store.create_transaction(new(blobs=(InlineBlob(BODY, b"body"), UploadBlob("empty"))))
     await store.append_blob(record.rest_id, "empty", 0, b"", 0)
