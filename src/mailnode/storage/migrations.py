@@ -16,7 +16,7 @@ from sqlalchemy.schema import CreateIndex
 
 from mailnode.errors import StorageError
 from mailnode.storage import tables
-from mailnode.storage.engine import WRITE_OPTION
+from mailnode.storage.engine import start_transaction
 from mailnode.storage.tables import SCHEMA_VERSION, metadata, schema_migrations
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,7 @@ def _migrate(connection: Connection) -> tuple[int | None, int]:
 
 def migrate(engine: Engine) -> tuple[int | None, int]:
     """Bring the schema up to date; returns (version before, version after). Blocks."""
-    with engine.connect() as connection:
-        # Take the write lock up front: two processes starting at once migrate one after the other.
-        connection.execution_options(**{WRITE_OPTION: True})
-        with connection.begin():
-            return _migrate(connection)
+    with engine.connect() as connection, connection.begin():
+        # The write lock up front: two processes starting at once migrate one after the other.
+        start_transaction(connection, write=True)
+        return _migrate(connection)

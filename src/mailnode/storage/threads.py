@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailnode.errors import StorageError
-from mailnode.storage.engine import WRITE_OPTION
+from mailnode.storage.engine import start_transaction
 
 log = logging.getLogger(__name__)
 
@@ -138,16 +138,14 @@ class DatabaseThreads:
         return units, True
 
     def _connect(self) -> Connection:
-        connection = self._engine.connect()
-        if self._write:
-            connection.execution_options(**{WRITE_OPTION: True})
-        return connection
+        return self._engine.connect()
 
     def _run(self, connection: Connection | None, unit: _Unit) -> tuple[Connection | None, _Outcome]:
         """Run one unit in its own transaction."""
         try:
             connection = connection or self._connect()
             with connection.begin():
+                start_transaction(connection, write=self._write)
                 result = unit.work(connection)
         except self._database_errors as exc:
             return self._discard(connection), (unit, None, self._storage_error(exc))
@@ -161,6 +159,7 @@ class DatabaseThreads:
         try:
             connection = connection or self._connect()
             with connection.begin():
+                start_transaction(connection, write=self._write)
                 began = True
                 results = [unit.work(connection) for unit in units]
         except Exception as exc:
