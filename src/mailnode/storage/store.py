@@ -707,7 +707,6 @@ class Store:
         if record.status.final:  # cancelled before the attempt ended: the cancel stands
             return None
         check_transition(record.status, decision.status)
-        reason = decision.final_reason.value if decision.final_reason else None
         updated = conn.execute(
             _FINISH_EXPECTED,
             {
@@ -715,11 +714,8 @@ class Store:
                 "expected_version": record.version,
                 "owner": owner,
                 "version": record.version + 1,
-                "status": decision.status.value,
-                "final_attempt_reason": reason,
-                "next_attempt_at": decision.next_attempt_at,
-                "finished_at": now if decision.status.final else None,
                 "updated_at": now,
+                **_outcome_columns(decision, now),
             },
         )
         if updated.rowcount != 1:
@@ -731,11 +727,9 @@ class Store:
         return replace(
             record,
             latest_attempt=attempt,
-            status=decision.status,
-            final_attempt_reason=reason,
-            next_attempt_at=decision.next_attempt_at,
             updated_at=now,
             version=record.version + 1,
+            **_outcome_changes(decision),
         )
 
     @staticmethod
@@ -753,18 +747,8 @@ class Store:
         changes: dict[str, Any] = {"updated_at": now, "version": current.version + 1}
         if decision is not None:
             check_transition(current.status, decision.status)
-            reason = decision.final_reason.value if decision.final_reason else None
-            values.update(
-                status=decision.status.value,
-                final_attempt_reason=reason,
-                next_attempt_at=decision.next_attempt_at,
-                finished_at=now if decision.status.final else None,
-            )
-            changes.update(
-                status=decision.status,
-                final_attempt_reason=reason,
-                next_attempt_at=decision.next_attempt_at,
-            )
+            values.update(_outcome_columns(decision, now))
+            changes.update(_outcome_changes(decision))
         conn.execute(_UPDATE_TRANSACTION, values)
         return replace(current, **changes)
 
@@ -1244,6 +1228,25 @@ def _response_columns(result: AttemptResult) -> dict[str, Any]:
         columns[f"{stage}_code"] = response.code if response else None
         columns[f"{stage}_message"] = response.message if response else None
     return columns
+
+
+def _outcome_columns(decision: Decision, now: float) -> dict[str, Any]:
+    """The transactions columns an attempt's decision sets."""
+    return {
+        "status": decision.status.value,
+        "final_attempt_reason": decision.final_reason.value if decision.final_reason else None,
+        "next_attempt_at": decision.next_attempt_at,
+        "finished_at": now if decision.status.final else None,
+    }
+
+
+def _outcome_changes(decision: Decision) -> dict[str, Any]:
+    """The same decision as changes to a TransactionRecord."""
+    return {
+        "status": decision.status,
+        "final_attempt_reason": decision.final_reason.value if decision.final_reason else None,
+        "next_attempt_at": decision.next_attempt_at,
+    }
 
 
 def _response(code: int | None, message: str | None) -> Response | None:
